@@ -1,0 +1,1 @@
+"""Data preparation: read the formats users have, filter, split, map IDs (see `dataset.py` for the output)."""
