@@ -104,7 +104,10 @@ def load_config(schema: type[C], path: str | Path, overrides: Iterable[str] = ()
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
-    raw = expand_env(apply_overrides(raw, overrides, schema))
+    try:
+        raw = expand_env(apply_overrides(raw, overrides, schema))
+    except ConfigError as e:  # name the file too, not only the override or variable
+        raise ConfigError(f"{path}: {e}") from None
     return validate_config(schema, raw, source=str(path))
 
 

@@ -73,3 +73,14 @@ class PreparedDataset:
 
     def text_fields(self) -> list[str]:
         return [c for c in self.items.columns if c not in ("item", "original_id")]
+
+    def sequences(self, splits: tuple[str, ...] = SPLITS) -> pl.DataFrame:
+        """One row per user: `item`, the list of item IDs in chronological order, keeping only rows whose
+        split is in `splits` (e.g. ("train",) for training, all three for the full history)."""
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; use {SPLITS}")
+        return (
+            self.interactions.filter(pl.col("split").is_in(list(splits)))
+            .sort("user", "position").group_by("user", maintain_order=True).agg("item")
+        )

@@ -1,0 +1,229 @@
+"""Amazon review dumps as users download them (McAuley lab), and `--download` from the official URLs.
+
+    2014  reviews_<Cat>.json.gz      strict JSON lines: reviewerID, asin, overall, unixReviewTime (s)
+          meta_<Cat>.json.gz         Python-literal dicts (single quotes), not JSON: asin, title, description, brand, categories
+    2018  <Cat>.json.gz              JSON lines: reviewerID, asin, overall, unixReviewTime (s)
+          meta_<Cat>.json.gz         JSON lines: asin, title, description [list], feature [list], brand, category [list]
+    2023  <Cat>.jsonl.gz             JSON lines: user_id, parent_asin, asin, rating, timestamp (ms)
+          meta_<Cat>.jsonl.gz        JSON lines: parent_asin, title, description [list], features [list], store, categories
+
+2023 items are keyed by parent_asin (product, not variant), as the 2023 benchmark does; its timestamps stay
+in milliseconds. Reviews are read by polars (fast); only on a parse error are lines scanned in Python to
+name the bad line. Metadata is parsed line by line (the 2014 format is not JSON).
+"""
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import gzip
+import io
+import json
+import shutil
+import socket
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+
+from kdsr.prepare.config import AmazonSource
+from kdsr.prepare.readers import InputError, Raw, text_column
+
+# version -> (base URL, reviews file pattern, meta file pattern); the pages that list categories:
+# 2014 https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html
+# 2018 https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/   2023 https://amazon-reviews-2023.github.io/
+URLS = {
+    "2014": ("https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/", "reviews_{}.json.gz", "meta_{}.json.gz"),
+    "2018": ("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/", "categoryFiles/{}.json.gz", "metaFiles2/meta_{}.json.gz"),
+    "2023": ("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/", "review_categories/{}.jsonl.gz", "meta_categories/meta_{}.jsonl.gz"),
+}
+# version -> JSON keys of (user, item, rating, timestamp) in the reviews, and the item key in the metadata.
+REVIEW_KEYS = {
+    "2014": ("reviewerID", "asin", "overall", "unixReviewTime"),
+    "2018": ("reviewerID", "asin", "overall", "unixReviewTime"),
+    "2023": ("user_id", "parent_asin", "rating", "timestamp"),
+}
+META_KEY = {"2014": "asin", "2018": "asin", "2023": "parent_asin"}
+
+
+class DownloadError(RuntimeError):
+    """The official files cannot be fetched (offline, unknown category, server error)."""
+
+
+def official_urls(version: str, category: str) -> dict[str, str]:
+    base, reviews, meta = URLS[version]
+    return {"reviews": base + reviews.format(category), "meta": base + meta.format(category)}
+
+
+def local_paths(src: AmazonSource) -> dict[str, Path]:
+    """Where the config's files are: explicit paths, else download_dir/<version>/<official file name>."""
+    urls = official_urls(src.version, src.category) if src.category else {}
+    out = {}
+    for kind in ("reviews", "meta"):
+        given = getattr(src, kind)
+        if given is not None:
+            out[kind] = Path(given)
+        elif urls:
+            out[kind] = Path(src.download_dir) / src.version / Path(urllib.parse.urlparse(urls[kind]).path).name
+    return out
+
+
+def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = None) -> dict[str, Path]:
+    """Fetch the category's reviews and metadata unless present. Fails within `timeout` s when offline."""
+    if not src.category:
+        raise DownloadError("amazon.category is not set: pass --download CATEGORY")
+    urls = official_urls(src.version, src.category)
+    if base_url is not None:  # a mirror (and the tests' unreachable host)
+        urls = {k: base_url.rstrip("/") + "/" + urllib.parse.urlparse(u).path.rsplit("/", 1)[1] for k, u in urls.items()}
+    paths = local_paths(src.model_copy(update={"reviews": None, "meta": None}))
+    _check_reachable(urls["reviews"], timeout)
+    for kind, url in urls.items():
+        dest = paths[kind]
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
+                shutil.copyfileobj(resp, f, length=1 << 20)
+        except Exception as e:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"cannot download {url}: {e} (is {src.category!r} a {src.version} category name?)") from None
+        part.rename(dest)
+    return paths
+
+
+def _check_reachable(url: str, timeout: float) -> None:
+    """Resolve and connect within `timeout` s (DNS included), so an offline machine fails at once."""
+    parts = urllib.parse.urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    def connect() -> None:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        pool.submit(connect).result(timeout=timeout)
+    except Exception as e:
+        raise DownloadError(
+            f"cannot reach {parts.hostname}:{port} within {timeout:.0f} s ({type(e).__name__}: {e}); no internet here? "
+            f"Download {url} (and the metadata file) by hand and set amazon.reviews / amazon.meta"
+        ) from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def read_amazon(src: AmazonSource, bad_rows: str = "error") -> Raw:
+    paths = local_paths(src)
+    for kind, path in paths.items():
+        if not path.is_file():
+            hint = f"; run `kdsr prepare CONFIG --download {src.category}`" if src.category else ""
+            raise InputError(f"{path}: {kind} file not found{hint}")
+    user, item, rating, ts = REVIEW_KEYS[src.version]
+    schema = {user: pl.Utf8, item: pl.Utf8, rating: pl.Float64, ts: pl.Int64}
+    reviews, skipped = read_json_lines(paths["reviews"], schema, bad_rows)
+    inter = reviews.select(
+        pl.col(user).alias("user"), pl.col(item).alias("item"), pl.col(ts).alias("timestamp"),
+        pl.col(rating).alias("rating"), pl.int_range(pl.len(), dtype=pl.Int64).alias("record"),
+    )
+    raw = Raw(
+        inter, None, list(src.text_fields), {"format": f"amazon-{src.version}", **{k: str(v) for k, v in paths.items()}},
+        inter_file=str(paths["reviews"]), items_file=str(paths.get("meta")), line_offset=1,
+        read={"interactions": inter.height + skipped}, timestamp_unit="ms" if src.version == "2023" else "s",
+    )
+    if skipped:
+        raw.dropped["interactions.malformed_line"] = skipped
+        raw.notes.append("record = index among the well-formed lines (malformed ones skipped)")
+    if "meta" in paths:
+        items, meta_skipped, meta_read = read_meta(paths["meta"], src.version, src.text_fields, bad_rows)
+        raw.items = items
+        raw.read["items"] = meta_read
+        if meta_skipped:
+            raw.dropped["items.malformed_line"] = meta_skipped
+    return raw
+
+
+def _lines(path: Path):
+    """Yield (line number, bytes) of a plain or gzipped file, streaming (dumps can be tens of GB)."""
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            yield from enumerate(f, 1)
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from None
+
+
+def read_json_lines(path: Path, schema: dict, bad_rows: str) -> tuple[pl.DataFrame, int]:
+    """JSON lines with the given fields (others ignored). Returns (frame, number of malformed lines skipped).
+    polars reads the file (gz included); only when it fails are the lines scanned to name the bad one."""
+    try:
+        return pl.read_ndjson(path, schema=schema), 0
+    except Exception as first_error:
+        good, bad = io.BytesIO(), []
+        for n, line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise ValueError("not a JSON object")
+                good.write(line.rstrip(b"\r\n") + b"\n")
+            except ValueError as e:
+                bad.append((n, e))
+                if bad_rows == "error":
+                    break
+        if not bad:
+            raise InputError(f"{path}: cannot read JSON lines: {first_error}") from None
+        if bad_rows == "error":
+            n, e = bad[0]
+            raise InputError(f"{path} line {n}: malformed JSON ({e}); policy.bad_rows: skip counts such lines instead") from None
+        good.seek(0)
+        return pl.read_ndjson(good, schema=schema), len(bad)
+
+
+def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str) -> tuple[pl.DataFrame, int, int]:
+    """Item key + text fields from a metadata file. Returns (items, malformed lines skipped, lines read)."""
+    key = META_KEY[version]
+    parse = _literal if version == "2014" else json.loads
+    rows: dict[str, list] = {"item": [], **{f: [] for f in text_fields}}
+    skipped, read = 0, 0
+    for n, raw_line in _lines(path):
+        line = raw_line.decode("utf-8", errors="replace")
+        if not line.strip():
+            continue
+        read += 1
+        try:
+            rec = parse(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except (ValueError, SyntaxError) as e:
+            if bad_rows == "error":
+                what = "a Python dict literal" if version == "2014" else "JSON"
+                raise InputError(f"{path} line {n}: malformed metadata, not {what} ({e}); policy.bad_rows: skip counts such lines") from None
+            skipped += 1
+            continue
+        rows["item"].append(None if rec.get(key) is None else str(rec.get(key)))
+        for f in text_fields:
+            rows[f].append(_flatten(rec.get(f)))
+    df = pl.DataFrame(rows, schema={"item": pl.Utf8, **{f: pl.Utf8 for f in text_fields}})
+    no_key = df.with_row_index("_r").filter(pl.col("item").is_null())
+    if no_key.height:
+        raise InputError(f"{path}: {no_key.height} metadata records have no {key!r} (first at record {no_key['_r'][0]})")
+    return df.select("item", *[text_column(df, f) for f in text_fields]), skipped, read
+
+
+def _literal(line: str):
+    """The 2014 metadata is `repr` of Python dicts: parse it safely (never `eval`)."""
+    return ast.literal_eval(line)
+
+
+def _flatten(value) -> str | None:
+    """Text from a metadata value: lists (possibly nested, like 2014 `categories`) joined by spaces."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [_flatten(v) for v in value]
+        return " ".join(p for p in parts if p) or None
+    if isinstance(value, dict):
+        return None  # structured fields (images, details) are not text
+    return str(value)
