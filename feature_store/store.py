@@ -135,7 +135,7 @@ class FeatureStore:
         return start, min(start + self.shard_size, self.n_items)
 
     def item_ids(self) -> np.ndarray:
-        return np.asarray(self.group["item_ids"][:]).astype(str)
+        return np.asarray(self.group["item_ids"][:]).astype(object).astype(str)  # numpy 2 StringDType -> U
 
     def update_attrs(self, **kv: Any) -> None:
         self.group.attrs.update(kv)
@@ -180,7 +180,7 @@ class FeatureStore:
 
     def errors(self) -> list[tuple[int, str]]:
         """(row, reason) of every masked row that recorded a reason."""
-        errs = np.asarray(self.group["errors"][:]).astype(str)
+        errs = np.asarray(self.group["errors"][:]).astype(object).astype(str)
         return [(int(r), str(errs[r])) for r in np.flatnonzero(errs != "")]
 
     def read_rows(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -1,0 +1,239 @@
+"""Reduce raw encoder features [N, D] to d dims, streamed from the Zarr store: PCA or the paper's autoencoder.
+
+Both fit on a seeded sample of whole chunks (`fit_rows`), then one more streamed pass projects every row and
+writes the reduced store shard by shard, so memory stays O(block * D + D^2) whatever N is.
+Rows that are masked or all-zero are left out of the fit and written as masked zero rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from sklearn.utils.extmath import randomized_svd
+
+from feature_store.store import FeatureStore, StoreError
+
+from .config import ReduceConfig
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Reduction:
+    """A fitted map from raw rows to reduced rows; `attrs` is the provenance written to the output store."""
+
+    method: str
+    dim: int
+    mean: np.ndarray | None = None  # [D]
+    scale: np.ndarray | None = None  # [D] (autoencoder input standardisation)
+    weight: np.ndarray | None = None  # [D, d]
+    bias: np.ndarray | None = None  # [d]
+    attrs: dict = field(default_factory=dict)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """[n, D] -> [n, d] float32."""
+        x = np.asarray(x, np.float32)
+        if self.method == "none":
+            return x
+        with torch.no_grad():
+            t = torch.from_numpy(x)
+            if self.mean is not None:
+                t = t - torch.from_numpy(self.mean)
+            if self.scale is not None:
+                t = t / torch.from_numpy(self.scale)
+            y = t @ torch.from_numpy(self.weight)
+            if self.method == "autoencoder":
+                y = torch.sigmoid(y + torch.from_numpy(self.bias))
+        return y.numpy()
+
+
+def usable_rows(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mask & not an all-zero row: a zero row has no direction, so its cosines are undefined."""
+    return np.asarray(mask, bool) & np.any(block != 0, axis=1)
+
+
+def block_starts(store: FeatureStore, block_rows: int) -> tuple[int, list[int]]:
+    """Block size rounded up to whole store chunks, and the start row of every block."""
+    step = -(-block_rows // store.shard_size) * store.shard_size
+    return step, list(range(0, store.n_items, step))
+
+
+def fit_blocks(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, rng: np.random.Generator) -> list[int]:
+    """Start rows of the blocks to fit on: all, or whole blocks drawn at random until `fit_rows` valid rows."""
+    step, starts = block_starts(store, cfg.block_rows)
+    if cfg.fit_rows is None or cfg.fit_rows >= int(mask.sum()):
+        return starts
+    chosen, total = [], 0
+    for s in rng.permutation(len(starts)):
+        chosen.append(starts[s])
+        total += int(mask[starts[s] : starts[s] + step].sum())
+        if total >= cfg.fit_rows:
+            break
+    return sorted(chosen)
+
+
+def _blocks(store: FeatureStore, starts: list[int], step: int, mask: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    for start in starts:
+        block = np.asarray(store.embeddings[start : start + step])
+        yield start, block, usable_rows(block, mask[start : start + step])
+
+
+def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
+    """Exact PCA of the fit rows: covariance accumulated block by block in float64, then eigh (D x D).
+
+    Each block is shifted by the first block's mean before the float32 matmul, so a large common offset
+    (LLM hidden states have one) does not cancel catastrophically."""
+    rng = np.random.default_rng(seed)
+    step, _ = block_starts(store, cfg.block_rows)
+    starts = fit_blocks(store, mask, cfg, rng)
+    D = store.dim
+    if cfg.dim > D:
+        raise StoreError(f"{store.path}: cannot reduce {D}-d features to reduce.dim={cfg.dim} > {D}")
+    gram = torch.zeros(D, D, dtype=torch.float64)
+    total = torch.zeros(D, dtype=torch.float64)
+    shift, n = None, 0
+    for i, (start, block, ok) in enumerate(_blocks(store, starts, step, mask)):
+        x = torch.from_numpy(block[ok].astype(np.float32))
+        if x.shape[0] == 0:
+            continue
+        if shift is None:
+            shift = x.mean(0)
+        x = x - shift
+        gram += (x.T @ x).double()
+        total += x.sum(0).double()
+        n += x.shape[0]
+        log(f"  pca fit: block {i + 1}/{len(starts)} ({n:,} rows)")
+    if n <= cfg.dim:
+        raise StoreError(f"{store.path}: PCA to {cfg.dim} dims needs more than {cfg.dim} valid rows, found {n}")
+    m = total / n
+    cov = gram / n - torch.outer(m, m)
+    if D <= 1024:
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        evals, evecs = evals.flip(0)[: cfg.dim].clamp_min(0), evecs.flip(1)[:, : cfg.dim]
+    else:  # a full eigh of 4096 x 4096 takes minutes on 2 cores; the top d by randomized power iteration take seconds
+        vecs, vals, _ = randomized_svd(cov.numpy(), cfg.dim, n_oversamples=64, n_iter=8, random_state=seed)
+        evals, evecs = torch.from_numpy(vals).clamp_min(0), torch.from_numpy(vecs)
+    # sign convention: the largest-magnitude entry of each component is positive (deterministic output)
+    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+    evecs = evecs * signs
+    ratio = (evals / torch.trace(cov)).numpy()
+    return Reduction(
+        method="pca",
+        dim=cfg.dim,
+        mean=(m + shift.double()).float().numpy(),
+        weight=evecs.float().numpy(),
+        attrs={
+            "method": "pca",
+            "dim": cfg.dim,
+            "fit_rows": n,
+            "explained_variance_ratio": float(ratio.sum()),
+            "explained_variance_ratio_per_dim": [float(r) for r in ratio],
+        },
+    )
+
+
+def fit_autoencoder(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
+    """The paper's one-layer autoencoder: z = sigmoid(W x + b), x' = W' z + b', MSE, Adam, seeded.
+
+    Inputs are standardised per dim (mean and std of the fit rows, one streamed pass), so the sigmoid is
+    not saturated by the large raw scale of LLM hidden states."""
+    rng = np.random.default_rng(seed)
+    step, _ = block_starts(store, cfg.block_rows)
+    starts = fit_blocks(store, mask, cfg, rng)
+    D = store.dim
+    s1, s2, n = np.zeros(D), np.zeros(D), 0
+    for _, block, ok in _blocks(store, starts, step, mask):
+        x = block[ok].astype(np.float64)
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+        n += x.shape[0]
+    if n < 2:
+        raise StoreError(f"{store.path}: the autoencoder needs at least 2 valid rows, found {n}")
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + 1e-6
+    mean_t, std_t = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+    torch.manual_seed(seed)
+    enc, dec = torch.nn.Linear(D, cfg.dim), torch.nn.Linear(cfg.dim, D)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    loss_sum, seen, steps, epoch = 0.0, 0, 0, 0
+    while epoch < cfg.epochs or steps < cfg.min_steps:  # small catalogs: repeat epochs up to min_steps
+        epoch += 1
+        loss_sum, seen = 0.0, 0
+        for start in [starts[i] for i in rng.permutation(len(starts))]:
+            block = np.asarray(store.embeddings[start : start + step])
+            ok = usable_rows(block, mask[start : start + step])
+            x = (torch.from_numpy(block[ok].astype(np.float32)) - mean_t) / std_t
+            for idx in torch.randperm(x.shape[0], generator=gen).split(cfg.batch_size):
+                xb = x[idx]
+                loss = torch.nn.functional.mse_loss(dec(torch.sigmoid(enc(xb))), xb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                steps += 1
+        log(f"  autoencoder epoch {epoch} ({steps} steps): mse {loss_sum / seen:.4f} (standardised inputs)")
+    return Reduction(
+        method="autoencoder",
+        dim=cfg.dim,
+        mean=mean.astype(np.float32),
+        scale=std.astype(np.float32),
+        weight=enc.weight.detach().T.contiguous().numpy(),
+        bias=enc.bias.detach().numpy(),
+        attrs={
+            "method": "autoencoder",
+            "dim": cfg.dim,
+            "fit_rows": n,
+            "epochs": epoch,
+            "steps": steps,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "final_mse_standardised": loss_sum / max(seen, 1),
+        },
+    )
+
+
+def fit_reduction(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
+    if cfg.method == "none":
+        return Reduction(method="none", dim=store.dim, attrs={"method": "none", "dim": store.dim})
+    if cfg.dim > store.dim:
+        raise StoreError(f"{store.path}: cannot reduce {store.dim}-d features to reduce.dim={cfg.dim}")
+    if cfg.method == "pca":
+        return fit_pca(store, mask, cfg, seed, log)
+    return fit_autoencoder(store, mask, cfg, seed, log)
+
+
+def write_reduced(src: FeatureStore, dst: FeatureStore, red: Reduction, block_rows: int, log: Log = _quiet) -> dict:
+    """Project every row of `src` into `dst`, shard by shard. Returns counts of what was masked and why."""
+    mask = src.mask()
+    step, starts = block_starts(src, block_rows)
+    src_errors = src.group["errors"] if "errors" in src.group else None
+    zero_rows = 0
+    for i, start in enumerate(starts):
+        block = np.asarray(src.embeddings[start : start + step])
+        ok = usable_rows(block, mask[start : start + step])
+        errs = (
+            np.asarray(src_errors[start : start + len(block)]).astype(object)
+            if src_errors is not None
+            else np.full(len(block), "", dtype=object)
+        ).astype(object)
+        zero = mask[start : start + len(block)] & ~ok
+        zero_rows += int(zero.sum())
+        errs[zero] = "all-zero feature row"
+        out = np.zeros((len(block), dst.dim), np.float32)
+        if ok.any():
+            out[ok] = red.transform(block[ok])
+        for shard in range(start // dst.shard_size, -(-(start + len(block)) // dst.shard_size)):
+            a, b = dst.shard_rows(shard)
+            dst.write_shard(shard, out[a - start : b - start], mask=ok[a - start : b - start], errors=list(errs[a - start : b - start]))
+        if (i + 1) % 10 == 0 or i + 1 == len(starts):
+            log(f"  reduce: {min(start + step, src.n_items):,}/{src.n_items:,} rows written")
+    return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows}

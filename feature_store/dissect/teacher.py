@@ -1,0 +1,125 @@
+"""The teacher signal the trainer consumes: per-batch holistic similarities and correlation-type codes.
+
+Everything is computed on the fly from the dissection store's reduced features, O(B L^2 (d + F + K)) per
+call and never N x N. Plain torch: it runs on the GPU in the training step, or on CPU inside DataLoader
+workers (it uses whatever `torch.set_num_threads` allows, and 1 is fine).
+
+    teacher = Teacher.from_store("runs/features/beauty/text/minilm.dissect.zarr", device="cuda")
+    t = teacher.targets(seqs)          # seqs: [B, L] item indices, 0 = padding
+    t.sim, t.codes, t.valid, t.pair_mask
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from feature_store.store import FeatureStore, StoreError
+
+from .codebook import IGNORE, facet_units
+
+
+class TeacherTargets(NamedTuple):
+    sim: torch.Tensor  # [B, L, L] float32: cos(x_i, x_j); 0 unless both items are valid
+    codes: torch.Tensor  # [B, L, L] long: nearest centroid of c_ij; -100 (ignore_index) where not pair_mask
+    valid: torch.Tensor  # [B, L] bool: item != 0 and its feature row is usable
+    pair_mask: torch.Tensor  # [B, L, L] bool: valid_i & valid_j & i != j & item_i != item_j
+
+
+@dataclass
+class Teacher:
+    features: torch.Tensor  # [N+1, d] reduced features, row 0 = padding (zeros)
+    valid: torch.Tensor  # [N+1] bool
+    facets: torch.Tensor  # [d] long
+    centroids: torch.Tensor  # [K, F]
+    # caches derived from the above (built by __post_init__ / to())
+    _unit: torch.Tensor | None = None  # [N+1, d] unit rows
+    _facet_unit: torch.Tensor | None = None  # [N+1, F, m] unit facet sub-vectors
+    _half_norm: torch.Tensor | None = None  # [K] 0.5 * ||centroid||^2
+    _centroids_t: torch.Tensor | None = None  # [F, K] contiguous
+    max_block: int = 1 << 18  # elements of the (pairs, K) score block computed at once (fits in cache)
+
+    def __post_init__(self) -> None:
+        ok = self.valid[:, None].to(self.features.dtype)
+        self._unit = self.features / self.features.norm(dim=1, keepdim=True).clamp_min(1e-12) * ok
+        self._facet_unit = facet_units(self.features, self.facets.cpu(), self.n_facets).to(self.features.device) * ok[:, :, None]
+        self._half_norm = 0.5 * (self.centroids * self.centroids).sum(1)
+        self._centroids_t = self.centroids.T.contiguous()
+
+    @classmethod
+    def from_store(cls, path: str | Path, device: str | torch.device = "cpu", dataset_item_ids: Sequence[str] | None = None) -> "Teacher":
+        """Load a dissection store (`kdsr dissect` output). Item index i = store row i - 1; index 0 = padding."""
+        store = FeatureStore.open(path)
+        missing = [k for k in ("facets", "centroids") if k not in store.group]
+        if missing:
+            raise StoreError(f"{path}: not a dissection store (missing {', '.join(missing)}); run `kdsr dissect` on it first")
+        if dataset_item_ids is not None:
+            store.check_items(dataset_item_ids)
+        elif not store.is_complete():
+            raise StoreError(f"{path}: {len(store.pending_shards())} shards are not written; re-run `kdsr dissect`")
+        x = store.read_all("float32")
+        usable = store.mask() & np.any(x != 0, axis=1)
+        features = torch.cat([torch.zeros(1, x.shape[1]), torch.from_numpy(x)])
+        valid = torch.cat([torch.zeros(1, dtype=torch.bool), torch.from_numpy(usable)])
+        facets = torch.from_numpy(np.asarray(store.group["facets"][:], np.int64))
+        centroids = torch.from_numpy(np.asarray(store.group["centroids"][:], np.float32))
+        if facets.numel() != x.shape[1] or int(facets.max()) + 1 != centroids.shape[1]:
+            raise StoreError(f"{path}: facets ({facets.numel()} dims, {int(facets.max()) + 1} facets) do not fit features {x.shape} / centroids {tuple(centroids.shape)}")
+        return cls(features, valid, facets, centroids).to(device)
+
+    @property
+    def n_codes(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def n_facets(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def to(self, device: str | torch.device) -> "Teacher":
+        for name in ("features", "valid", "facets", "centroids", "_unit", "_facet_unit", "_half_norm", "_centroids_t"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    @torch.no_grad()
+    def targets(self, seqs: torch.Tensor) -> TeacherTargets:
+        """seqs: [B, L] long item indices (0 = padding) -> TeacherTargets on the teacher's device."""
+        seqs = torch.as_tensor(seqs, device=self.device).long()
+        if seqs.dim() != 2:
+            raise ValueError(f"Teacher.targets expects [B, L] item indices, got shape {tuple(seqs.shape)}")
+        if seqs.numel() and (int(seqs.min()) < 0 or int(seqs.max()) >= self.features.shape[0]):
+            raise ValueError(f"item index out of range [0, {self.features.shape[0] - 1}] (got {int(seqs.min())}..{int(seqs.max())})")
+        B, L = seqs.shape
+        valid = self.valid[seqs]  # (B, L)
+        both = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
+        eye = torch.eye(L, dtype=torch.bool, device=self.device)
+        pair_mask = both & ~eye & (seqs[:, :, None] != seqs[:, None, :])
+
+        u = self._unit[seqs]  # (B, L, d)
+        sim = torch.bmm(u, u.transpose(1, 2))  # (B, L, L); invalid rows are zero, so their sims are 0
+
+        # codes only for the supervised pairs, upper triangle, then mirrored (c_ij = c_ji)
+        b, i, j = torch.nonzero(torch.triu(pair_mask, diagonal=1), as_tuple=True)
+        if b.numel() * 8 > B * L * L:  # dense batch: one batched matmul per facet beats gathering pairs
+            fu = self._facet_unit[seqs].transpose(1, 2)  # (B, F, L, m)
+            c = torch.matmul(fu, fu.transpose(-1, -2))[b, :, i, j]  # (P, F)
+        else:
+            c = (self._facet_unit[seqs[b, i]] * self._facet_unit[seqs[b, j]]).sum(-1)  # (P, F)
+        code = torch.empty(b.numel(), dtype=torch.long, device=self.device)
+        step = max(1, self.max_block // self.n_codes)
+        for s in range(0, b.numel(), step):  # bounded, cache-sized (P_chunk, K) score blocks
+            code[s : s + step] = torch.addmm(self._half_norm, c[s : s + step], self._centroids_t, beta=-1).argmax(-1)
+        codes = torch.full((B, L, L), IGNORE, dtype=torch.long, device=self.device)
+        codes[b, i, j] = code
+        codes[b, j, i] = code
+        return TeacherTargets(sim=sim, codes=codes, valid=valid, pair_mask=pair_mask)
