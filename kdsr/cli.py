@@ -4,7 +4,7 @@
     kdsr encode   configs/encode/beauty-minilm.yaml
     kdsr dissect  configs/dissect/beauty-minilm.yaml
     kdsr train    configs/train/beauty-sasrec-kd.yaml
-    kdsr evaluate runs/beauty-sasrec-kd
+    kdsr evaluate runs/train/beauty-sasrec-kd
     kdsr pipeline configs/pipeline/beauty-minilm.yaml
 """
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""Each backbone's shapes and masking, and a few optimizer steps of the student reducing its loss."""
+import pytest
+import torch
+
+from trainer.backbones import BACKBONES, build_backbone
+from trainer.config import DistillConfig, ModelConfig
+from trainer.data import TrainCollate, TrainWindows, UserSequences
+from trainer.student import Student
+
+torch.set_num_threads(1)
+N = 30
+
+
+def cfg(name, **kw):
+    return ModelConfig(backbone=name, hidden=16, n_layers=1, n_heads=2, dropout=0.0, max_len=8, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_shapes_and_scores(name):
+    bb = build_backbone(cfg(name)).eval()
+    x, pad = torch.randn(3, 7, 16), torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:] = True
+    h = bb(x, pad)
+    assert h.shape == (3, 7, 16) and torch.isfinite(h).all()
+    assert bb.score(h[:, -1], torch.randn(N + 1, 16)).shape == (3, N + 1)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_causal_backbones_never_look_ahead(name):
+    bb = build_backbone(cfg(name)).eval()
+    x = torch.randn(2, 6, 16)
+    y = x.clone()
+    y[:, 4:] = torch.randn(2, 2, 16)  # change the future (or the padding) only
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    assert torch.allclose(bb(x, pad)[:, :4], bb(y, pad)[:, :4], atol=1e-5)
+
+
+def test_bert4rec_ignores_padding():
+    bb = build_backbone(cfg("bert4rec")).eval()
+    x, pad = torch.randn(2, 6, 16), torch.zeros(2, 6, dtype=torch.bool)
+    pad[:, 4:] = True
+    y = x.clone()
+    y[:, 4:] = torch.randn(2, 2, 16)
+    assert torch.allclose(bb(x, pad)[:, :4], bb(y, pad)[:, :4], atol=1e-5)
+    assert not bb.causal
+
+
+def test_unknown_backbone_is_refused():
+    c = cfg("sasrec")
+    object.__setattr__(c, "backbone", "transformerxl")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone(c)
+
+
+def toy_batch(causal):
+    seqs = [torch.arange(s, s + 7) % N + 1 for s in range(0, 24, 3)]  # item i is followed by i + 1
+    windows = [s.numpy() for s in seqs]
+    ds = TrainWindows(windows, N, causal, seed=0, mask_prob=0.3)
+    return TrainCollate()([ds[i] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("fusion", ["none", "sum", "concat", "gate"])
+def test_a_few_steps_reduce_the_loss(name, fusion):
+    torch.manual_seed(0)
+    feats = {} if fusion == "none" else {"text": torch.cat([torch.zeros(1, 8), torch.randn(N, 8)])}
+    model = Student(N, cfg(name, fusion="gate" if fusion == "none" else fusion), feats, distill=DistillConfig())
+    batch = toy_batch(model.backbone.causal)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model(batch)["rec"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+    if feats:  # the modality table is trained too, not frozen
+        assert not torch.equal(model.modal["text"].detach(), feats["text"])
+
+
+def test_student_refuses_features_of_the_wrong_size():
+    with pytest.raises(ValueError, match="30 rows, expected 31"):
+        Student(N, cfg("sasrec"), {"text": torch.zeros(N, 8)}, distill=DistillConfig())
+
+
+def test_user_sequences_windows_cover_every_training_position(tmp_path):
+    from trainer.toydata import synthetic
+    from kdsr.prepare.dataset import PreparedDataset
+
+    seqs = UserSequences.from_dataset(PreparedDataset.open(synthetic(tmp_path / "d", min_len=5, max_len=30)))
+    n_train = sum(int((s == "train").sum()) for s in seqs.splits)
+    windows = seqs.train_windows(max_len=8, causal=True)
+    assert all(2 <= len(w) <= 9 for w in windows)
+    # every training item but each user's first is a target exactly once
+    assert sum(len(w) - 1 for w in windows) == n_train - len(seqs.items)
+    cloze = seqs.train_windows(max_len=8, causal=False)
+    assert sum(len(w) for w in cloze) == n_train and all(len(w) <= 8 for w in cloze)

@@ -1,0 +1,105 @@
+"""TrainConfig: the typed schema of `configs/train/*.yaml`, with the released KDSR run's defaults."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kdsr.config import Config
+
+
+class ModelConfig(Config):
+    backbone: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
+    hidden: int = Field(128, gt=0)  # embedding size of the released run
+    n_layers: int = Field(2, gt=0)
+    n_heads: int = Field(2, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(50, gt=1)  # histories are truncated to their last max_len items
+    mask_prob: float = Field(0.2, gt=0, lt=1)  # BERT4Rec cloze masking ratio (RecBole's default)
+    # How modality tables V^m join the ID embedding: sum of projections, concatenation + projection, or the
+    # paper's learned softmax gate over [ID, V^1, ...]. Ignored when there are no modalities.
+    fusion: Literal["sum", "concat", "gate"] = "gate"
+
+
+class ModalityConfig(Config):
+    name: str  # "text", "image", ...
+    # A dissection output (a FeatureStore of reduced features + facets/codebook). Its rows initialise V^m
+    # and its teacher gives the correlation targets.
+    features: str
+    weight_hol: float = Field(1.0, ge=0)  # 0 switches the holistic term off for this modality
+    weight_code: float = Field(1.0, ge=0)  # 0 switches the code term off for this modality
+
+
+class DistillConfig(Config):
+    enabled: bool = True  # False: features are fused but never supervised (the two-stage baseline)
+    tau: float = Field(1.5, gt=0)
+    holistic: Literal["frobenius", "kl"] = "frobenius"
+    proj_dim: int = Field(128, gt=0)  # width of h' = W2(W1 V)
+
+
+class AsyncStepConfig(Config):
+    enabled: bool = True  # False: the modality tables learn at the full lr
+    gamma: float = Field(2.0, gt=0)  # modality lr = lr / gamma^2
+    # Epochs (0-based) at which the modality lr is multiplied by gamma again, up to the full lr; the
+    # released config names [5, 10]. Empty: a constant slow rate.
+    milestones: list[int] = []
+
+
+class OptimConfig(Config):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, gt=0)  # per process, per micro-batch
+    grad_accum: int = Field(1, gt=0)
+    clip_norm: float | None = Field(5.0, gt=0)  # None: no clipping
+    loss: Literal["ce", "bce"] = "ce"  # full-softmax cross-entropy, or BCE with sampled negatives
+    n_negatives: int = Field(1, gt=0)  # per position, for loss: bce
+
+
+class EvalConfig(Config):
+    ks: list[int] = [5, 10, 20, 50]
+    exclude_history: bool = False  # RecBole's default for sequential models: history items stay candidates
+    sampled_negatives: int | None = Field(None, gt=0)  # labelled, not the default (Krichene & Rendle 2020)
+    batch_size: int = Field(512, gt=0)
+
+
+class TrainConfig(Config):
+    dataset: str  # a prepared dataset folder (kdsr prepare)
+    out_dir: str  # the run directory
+    seed: int = 42
+    model: ModelConfig = ModelConfig()
+    modalities: list[ModalityConfig] = []
+    distill: DistillConfig = DistillConfig()
+    async_step: AsyncStepConfig = AsyncStepConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    epochs: int = Field(100, gt=0)
+    patience: int = Field(10, gt=0)  # epochs without a better validation NDCG@10 before stopping
+    max_steps: int | None = Field(None, gt=0)  # cap on optimizer steps per epoch (smoke runs, tests)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 pays off on GPUs; on CPU it is usually slower
+    num_workers: int = Field(1, ge=0)  # DataLoader workers; teacher targets are computed there
+    # Compute teacher targets in the DataLoader's collate (ahead of the step, in workers) rather than
+    # inside the training step; off only for the ablation.
+    teacher_in_workers: bool = True
+    # Batch windows of similar length (sorted inside random chunks of 64 batches, batch order shuffled):
+    # padding to the batch's own length instead of ~50 makes an epoch several times faster.
+    bucket_by_length: bool = True
+    checkpoint_every: int | None = Field(None, gt=0)  # also checkpoint every N optimizer steps (mid-epoch)
+    resume: bool = True  # continue from out_dir/checkpoints/last when it exists
+    stop_after: int | None = Field(None, gt=0)  # die after N optimizer steps in total (resume tests)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        if 10 not in self.eval.ks:
+            raise ValueError("eval.ks must contain 10: model selection uses validation NDCG@10")
+        if self.model.hidden % self.model.n_heads:
+            raise ValueError(f"model.hidden {self.model.hidden} is not divisible by n_heads {self.model.n_heads}")
+        return self
+
+    @property
+    def distilling(self) -> bool:
+        return self.distill.enabled and any(m.weight_hol > 0 or m.weight_code > 0 for m in self.modalities)

@@ -1,0 +1,96 @@
+"""Loss terms: the next-item losses and the two correlation-distillation terms, as standalone modules.
+
+Shapes: B sequences of length L; V (B, L, d) the student's modality rows for the sequence items; teacher
+targets T (B, L, L) similarities, codes (B, L, L) correlation types, pair_mask (B, L, L) True for the pairs of
+distinct valid items. Nothing here is N x N: every term costs O(B L^2 d) at most.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _ce_sum(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = h @ items.T  # (P, N + 1)
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """h (P, D) states, items (N + 1, D) all item representations (row 0 = padding), targets (P,) in 1..N.
+    Cross-entropy over all N items; the padding row is never a candidate. Positions are processed `chunk`
+    at a time with activation checkpointing, so the (P, N) logits never exist at once: a batch of long
+    histories (P ~ 12k on Beauty) would otherwise need GBs of host memory."""
+    if h.size(0) <= chunk:
+        return _ce_sum(h, items, targets) / max(1, h.size(0))
+    total = sum(checkpoint(_ce_sum, h[i : i + chunk], items, targets[i : i + chunk], use_reentrant=False)
+                for i in range(0, h.size(0), chunk))
+    return total / h.size(0)
+
+
+def sampled_bce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """h (P, D), targets (P,), negatives (P, n) item ids: BCE of the positive against n sampled negatives."""
+    pos = (h * items[targets]).sum(-1)  # (P,)
+    neg = torch.einsum("pd,pnd->pn", h, items[negatives])  # (P, n)
+    return F.binary_cross_entropy_with_logits(pos.float(), torch.ones_like(pos, dtype=torch.float)) + F.binary_cross_entropy_with_logits(
+        neg.float(), torch.zeros_like(neg, dtype=torch.float)
+    )
+
+
+class HolisticLoss(nn.Module):
+    """Holistic correlation: h' = W2(W1 V), S_ij = cos(h'_i, h'_j).
+
+    frobenius: mean over sequences (with at least one valid pair) of ||M * (S - T)||_F / tau.
+    kl: per anchor item i with a valid pair, KL(softmax_j(T_ij / tau) || softmax_j(S_ij / tau)) over the
+        valid j, averaged over anchors (an option, not the paper's loss).
+    forward(v (B, L, d), sim (B, L, L), pair_mask (B, L, L)) -> scalar.
+    """
+
+    def __init__(self, dim: int, proj_dim: int = 128, tau: float = 1.5, kind: str = "frobenius"):
+        super().__init__()
+        if kind not in ("frobenius", "kl"):
+            raise ValueError(f"holistic loss kind must be frobenius or kl, got {kind!r}")
+        self.w1 = nn.Linear(dim, proj_dim)
+        self.w2 = nn.Linear(proj_dim, proj_dim)
+        self.tau, self.kind = tau, kind
+
+    def student_sim(self, v: torch.Tensor) -> torch.Tensor:
+        h = F.normalize(self.w2(self.w1(v)).float(), dim=-1)  # (B, L, p)
+        return h @ h.transpose(1, 2)  # (B, L, L)
+
+    def forward(self, v: torch.Tensor, sim: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        s = self.student_sim(v)
+        m = pair_mask.float()
+        if self.kind == "frobenius":
+            sq = (m * (s - sim.float()) ** 2).sum((1, 2))  # (B,)
+            has = pair_mask.flatten(1).any(1)
+            # clamp: the gradient of sqrt at an exact 0 is infinite
+            norms = sq[has].clamp_min(1e-12).sqrt()
+            return norms.sum() / (self.tau * has.sum().clamp_min(1)) + 0 * s.sum()
+        neg = torch.finfo(torch.float).min
+        logq = (s / self.tau).masked_fill(~pair_mask, neg).log_softmax(-1)
+        p = (sim.float() / self.tau).masked_fill(~pair_mask, neg).softmax(-1)
+        kl = (m * p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)  # (B, L)
+        anchors = pair_mask.any(-1)
+        return kl[anchors].sum() / anchors.sum().clamp_min(1) + 0 * s.sum()
+
+
+class CodeLoss(nn.Module):
+    """Dissected correlation: logits_ij = MLP(|V_i - V_j|) (d -> d -> ReLU -> K), cross-entropy against the
+    teacher's correlation type code(i, j), averaged over the masked pairs. |V_i - V_j| and the codes are
+    symmetric, so each unordered pair is taken once (i < j): the same mean at half the cost.
+    forward(v (B, L, d), codes (B, L, L) long, pair_mask (B, L, L)) -> scalar.
+    """
+
+    def __init__(self, dim: int, n_codes: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, n_codes))
+
+    def forward(self, v: torch.Tensor, codes: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        b, i, j = torch.triu(pair_mask, diagonal=1).nonzero(as_tuple=True)  # gather only real pairs
+        logits = self.mlp((v[b, i] - v[b, j]).abs())  # (P, K)
+        if logits.size(0) == 0:
+            return logits.sum() * 0.0  # keeps the MLP in the graph (DDP) with a zero gradient
+        return F.cross_entropy(logits.float(), codes[b, i, j])
