@@ -7,6 +7,11 @@ import importlib
 
 SCHEMAS: dict[str, str] = {
     "prepare": "kdsr.prepare.config:PrepareConfig",
+    "import": "feature_store.config:ImportConfig",
+    "encode": "feature_store.config:EncodeConfig",
+    "dissect": "feature_store.dissect.config:DissectConfig",
+    "train": "trainer.config:TrainConfig",
+    "pipeline": "kdsr.pipeline:PipelineConfig",
 }
 
 

@@ -1,0 +1,138 @@
+"""`kdsr pipeline`: prepare -> encode -> dissect -> train (several variants) -> report, cached by stage.
+
+Each stage runs from its own config file (plus overrides) exactly as its `kdsr <stage>` command would. A
+stage is skipped when its output exists and its cache key is unchanged; the key hashes the stage's resolved
+config and the keys of the stages it reads, so editing the prepare config re-runs everything after it,
+while editing only a train config re-runs only that training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field
+
+from kdsr.config import Config, config_to_dict, load_config, save_config
+from kdsr.stages import schema_for
+
+
+class StageRef(Config):
+    """A stage's config file and the single-key overrides applied to it."""
+
+    config: str
+    overrides: list[str] = []
+
+
+class TrainVariant(StageRef):
+    label: str  # the row name in the report's comparison table
+
+
+class PipelineConfig(Config):
+    """The whole job: one config per stage, several training variants, a report folder."""
+
+    name: str
+    out_dir: str  # report.md, figures, stages.json (the cache record)
+    prepare: StageRef
+    encode: StageRef
+    dissect: StageRef
+    train: list[TrainVariant] = Field(min_length=1)
+    # Applied to every train variant after its own overrides (e.g. a shorter budget for the demo).
+    train_overrides: list[str] = []
+
+
+@dataclass
+class StageResult:
+    name: str
+    output: Path
+    key: str
+    cached: bool
+    seconds: float
+
+
+def _key(cfg: Config, upstream: list[str]) -> str:
+    blob = json.dumps({"config": config_to_dict(cfg), "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, force: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.force = force
+        self.record_path = self.out / "stages.json"
+        self.record: dict[str, Any] = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
+        self.results: dict[str, StageResult] = {}
+
+    def _stage(self, name: str, stage: str, ref: StageRef, upstream: list[str], extra: list[str],
+               output_of: Callable[[Any], str], run: Callable[[Any], Any]) -> StageResult:
+        cfg = load_config(schema_for(stage), ref.config, [*ref.overrides, *extra])
+        key = _key(cfg, upstream)
+        output = Path(output_of(cfg))
+        seen = self.record.get(name, {})
+        if not self.force and seen.get("key") == key and seen.get("done") and output.exists():
+            print(f"[pipeline] {name}: cached (config and inputs unchanged) -> {output}", flush=True)
+            result = StageResult(name, output, key, True, 0.0)
+        else:
+            print(f"[pipeline] {name}: running {stage} {ref.config} -> {output}", flush=True)
+            t0 = time.perf_counter()
+            run(cfg)
+            result = StageResult(name, output, key, False, time.perf_counter() - t0)
+            self.record[name] = {"key": key, "done": True, "output": str(output), "seconds": round(result.seconds, 1),
+                                 "config": ref.config, "overrides": [*ref.overrides, *extra]}
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.record_path.write_text(json.dumps(self.record, indent=2))
+        self.results[name] = result
+        return result
+
+    def run(self) -> Path:
+        from feature_store.dissect.run import default_output, dissect
+        from feature_store.encode import run_encode
+        from kdsr.prepare.run import prepare
+
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(c, self.out, "pipeline.yaml")
+        data = self._stage("prepare", "prepare", c.prepare, [], [], lambda p: p.output_dir, prepare)
+        feats = self._stage("encode", "encode", c.encode, [data.key], [f"dataset={data.output}"],
+                            lambda e: e.output.path, run_encode)
+        diss = self._stage("dissect", "dissect", c.dissect, [feats.key],
+                           [f"features={feats.output}", f"dataset={data.output}"], lambda d: d.output or default_output(d.features), dissect)
+        runs = []
+        for variant in c.train:
+            extra = [f"dataset={data.output}", *c.train_overrides]
+            runs.append(self._stage(f"train:{variant.label}", "train", variant, [data.key, diss.key], extra,
+                                    lambda t: t.out_dir, _train))
+        from kdsr.report import write_report
+
+        report = write_report(self.cfg, self.results, data.output, diss.output,
+                              [(v.label, r.output) for v, r in zip(c.train, runs)])
+        return report
+
+
+def _train(cfg: Any) -> None:
+    from trainer.train import TrainRecipe
+
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    finished = recipe.train()
+    recipe.cleanup()
+    if not finished:
+        raise RuntimeError(f"training {cfg.out_dir} stopped before the end (stop_after is set)")
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kdsr pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the pipeline config")
+    parser.add_argument("--force", action="store_true", help="re-run every stage even when cached")
+    args = parser.parse_args(argv)
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    report = Pipeline(cfg, force=args.force).run()
+    print(f"\nreport: {report}")
+    return 0

@@ -1,0 +1,121 @@
+"""The pipeline's `report.md`: the comparison table, training curves and the dissection's evidence.
+
+Everything in it is read back from the stages' own outputs (metrics.json of each run, the dissection store),
+so the report shows what was measured, never a number typed in by hand.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kdsr.prepare.dataset import PreparedDataset  # noqa: E402
+
+TABLE_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the run has no metrics (did training finish?)")
+    return json.loads(path.read_text())
+
+
+def comparison_rows(runs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+    rows = []
+    for label, run_dir in runs:
+        m = load_metrics(run_dir)
+        test = m.get("test") or {}
+        hist = m.get("valid_history", [])
+        secs = [h["seconds"] for h in hist if "seconds" in h]
+        rows.append({"label": label, "run": str(run_dir), **{k: test.get(k) for k in TABLE_METRICS},
+                     "selected_epoch": m.get("selected_epoch"), "epochs": len(hist),
+                     "sec_per_epoch": sum(secs) / len(secs) if secs else None,
+                     "ranking": (m.get("protocol") or {}).get("ranking")})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | selected epoch / run | s per epoch |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    base = rows[0]["ndcg@10"] if rows and rows[0]["ndcg@10"] else None
+    for r in rows:
+        cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "n/a" for k in TABLE_METRICS]
+        if base and r is not rows[0] and isinstance(r["ndcg@10"], float):
+            cells[1] += f" ({(r['ndcg@10'] / base - 1) * 100:+.1f}%)"
+        spe = f"{r['sec_per_epoch']:.1f}" if r["sec_per_epoch"] else "n/a"
+        lines.append(f"| {r['label']} | {' | '.join(cells)} | {r['selected_epoch']} / {r['epochs']} | {spe} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
+    """Loss terms and validation NDCG@10 per epoch, one line per run."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, run_dir in runs:
+        hist = load_metrics(run_dir).get("valid_history", [])
+        epochs = [h["epoch"] for h in hist]
+        for term in sorted({k for h in hist for k in h if k.startswith("loss/")}):
+            ax_loss.plot(epochs, [h.get(term) for h in hist], marker=".", label=f"{label}: {term[5:]}")
+        ax_val.plot(epochs, [h.get("ndcg@10") for h in hist], marker="o", label=label)
+    ax_loss.set(title="training loss terms (mean per epoch)", xlabel="epoch", yscale="log")
+    ax_val.set(title="validation NDCG@10 (model selection)", xlabel="epoch")
+    ax_loss.legend(fontsize=7)
+    ax_val.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, runs: list[tuple[str, Path]]) -> Path:
+    from feature_store.dissect.report import report as dissection_report
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = PreparedDataset.open(dataset_dir)
+    titles = dict(zip(ds.items["original_id"].cast(str).to_list(), ds.items[ds.text_fields()[0]].cast(str).to_list()))
+    rows = comparison_rows(runs)
+    curves = plot_curves(runs, out)
+    evidence = dissection_report(dissection, titles, out / "dissection", name=cfg.name)
+    stats = ds.stats
+    stage_lines = "\n".join(
+        f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values())
+    ranking = {r["ranking"] for r in rows if r["ranking"]}
+    text = f"""# {cfg.name}: pipeline report
+
+Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `kdsr pipeline`. Dataset `{ds.name}`:
+{stats['n_users']:,} users, {stats['n_items']:,} items, {stats['n_interactions']:,} interactions,
+split protocol `{stats.get('protocol')}`; evaluation: {', '.join(sorted(ranking)) or 'full ranking'}.
+
+## Test metrics (checkpoint selected on validation NDCG@10)
+
+{markdown_table(rows)}
+
+Percentages: NDCG@10 relative to the first row. Budget and settings of each run are in its
+`config.yaml`; the train overrides applied to every variant here: `{' '.join(cfg.train_overrides) or 'none'}`.
+
+![training curves]({curves.name})
+
+## What the encoder's correlations look like
+
+The dissection (facets of feature dimensions and correlation types) is reported in
+[dissection/]({evidence.relative_to(out) if evidence.is_relative_to(out) else evidence}).
+
+## Stages
+
+| stage | time | output |
+|---|---|---|
+{stage_lines}
+"""
+    path = out / "report.md"
+    path.write_text(text)
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    print("\n" + markdown_table(rows))
+    return path
