@@ -35,37 +35,57 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.split("."), ""
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.split("."), raw.strip()  # not YAML: plain text, which the schema then validates
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str], schema: type[BaseModel] | None = None) -> dict:
-    """Set each dotted key in a nested dict. With a schema, a key that is not a field is refused here,
-    so the error names the override rather than a half-built dict."""
+    """Set each dotted key in a nested dict; a numeric part indexes a list (`modalities.0.features=...`).
+    With a schema, a key that is not a field is refused here, so the error names the override rather
+    than a half-built dict."""
     for text in overrides:
         path, value = parse_override(text)
-        if schema is not None:
-            _check_path(schema, path, text)
-        node = raw
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
+        if schema is not None and _check_path(schema, path, text) and not (value is None or isinstance(value, str)):
+            value = text.partition("=")[2].strip()  # a str field keeps the text as typed: `template={title}`
+        node: Any = raw
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {'.'.join(path[:i])} has {len(node)} entries, no index {part!r}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:i])!r} is not a section")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return raw
 
 
-def _check_path(schema: type[BaseModel], path: list[str], text: str) -> None:
+def _check_path(schema: type[BaseModel], path: list[str], text: str) -> bool:
+    """Refuse a key that is not a field; True when the key names a plain string field."""
     model: Any = schema
+    annotation: Any = None
     for i, part in enumerate(path):
+        if part.isdigit():
+            continue  # a list index: the entry has the list's item schema
         fields = getattr(model, "model_fields", None)
         if fields is None:
-            return  # a free-form mapping below this point (dict[str, ...]): the value is validated later
+            return False  # a free-form mapping below this point (dict[str, ...]): the value is validated later
         if part not in fields:
             where = ".".join(path[: i + 1])
             raise ConfigError(f"override {text!r}: unknown key {where!r} (known here: {', '.join(sorted(fields))})")
-        model = _submodel(fields[part].annotation)
+        annotation = fields[part].annotation
+        model = _submodel(annotation)
+    args = set(getattr(annotation, "__args__", ()) or ()) - {type(None)}
+    return annotation is str or args == {str}
 
 
 def _submodel(annotation: Any) -> Any:

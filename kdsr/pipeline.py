@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ class PipelineConfig(Config):
     encode: StageRef
     dissect: StageRef
     train: list[TrainVariant] = Field(min_length=1)
+    # The train variants' modality of this name reads the dissection built here (its `features` path is
+    # replaced), so a pipeline on another dataset needs no edited copies of the train configs.
+    modality: str = "text"
     # Applied to every train variant after its own overrides (e.g. a shorter budget for the demo).
     train_overrides: list[str] = []
 
@@ -103,7 +107,9 @@ class Pipeline:
                            [f"features={feats.output}", f"dataset={data.output}"], lambda d: d.output or default_output(d.features), dissect)
         runs = []
         for variant in c.train:
-            extra = [f"dataset={data.output}", *c.train_overrides]
+            base = load_config(schema_for("train"), variant.config, variant.overrides)
+            features = [f"modalities.{i}.features={diss.output}" for i, m in enumerate(base.modalities) if m.name == c.modality]
+            extra = [f"dataset={data.output}", *features, *c.train_overrides]
             runs.append(self._stage(f"train:{variant.label}", "train", variant, [data.key, diss.key], extra,
                                     lambda t: t.out_dir, _train))
         from kdsr.report import write_report
@@ -132,7 +138,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the pipeline config")
     parser.add_argument("--force", action="store_true", help="re-run every stage even when cached")
     args = parser.parse_args(argv)
-    cfg = load_config(PipelineConfig, args.config, args.overrides)
-    report = Pipeline(cfg, force=args.force).run()
+    from feature_store.store import StoreError
+    from kdsr.config import ConfigError
+    from kdsr.prepare.dataset import DatasetError
+    from kdsr.prepare.readers import InputError
+
+    try:
+        cfg = load_config(PipelineConfig, args.config, args.overrides)
+        report = Pipeline(cfg, force=args.force).run()
+    except (ConfigError, StoreError, DatasetError, InputError, FileNotFoundError) as e:
+        print(f"kdsr pipeline: {e}", file=sys.stderr)
+        return 2
     print(f"\nreport: {report}")
     return 0

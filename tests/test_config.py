@@ -151,3 +151,25 @@ def test_every_shipped_config_loads_with_its_schema(path):
 def test_unregistered_stage_is_refused():
     with pytest.raises(KeyError, match="kdsr/stages.py"):
         schema_for("no-such-stage")
+
+
+def test_override_indexes_lists_and_names_bad_indices(tmp_path):
+    from trainer.config import TrainConfig
+
+    path = tmp_path / "t.yaml"
+    path.write_text("dataset: d\nout_dir: o\nmodalities:\n  - {name: text, features: a.zarr}\n")
+    cfg = load_config(TrainConfig, path, ["modalities.0.features=b.zarr", "modalities.0.weight_hol=0.5"])
+    assert cfg.modalities[0].features == "b.zarr" and cfg.modalities[0].weight_hol == 0.5
+    with pytest.raises(ConfigError, match=r"t\.yaml.*modalities has 1 entries, no index '1'"):
+        load_config(TrainConfig, path, ["modalities.1.features=c.zarr"])
+    with pytest.raises(ConfigError, match=r"unknown key 'modalities\.0\.colour'"):
+        load_config(TrainConfig, path, ["modalities.0.colour=red"])
+
+
+def test_override_of_a_string_field_keeps_the_text(tmp_path):
+    from feature_store.config import EncodeConfig
+
+    path = tmp_path / "e.yaml"
+    path.write_text("dataset: d\nencoder: {model: m}\noutput: {path: p}\n")
+    cfg = load_config(EncodeConfig, path, ["encoder.template={title} by {brand}", "output.shard_size=64"])
+    assert cfg.encoder.template == "{title} by {brand}" and cfg.output.shard_size == 64

@@ -1,0 +1,95 @@
+"""`make bench`: every benchmark in one run on this machine, then bench/RESULTS.md from their result files.
+
+    python -m bench.run_all                 # inputs, encode, train overhead, RecBole peer, dissect at 1M x 4096
+    python -m bench.run_all --quick         # dissect scale at 100k x 4096 instead (minutes, not half an hour)
+    python -m bench.run_all --only encode train
+    python -m bench.run_all --collect       # only rebuild RESULTS.md from bench/results/*.md
+
+Each benchmark writes its own bench/results/<name>.md with the date, command and machine it ran on, so
+RESULTS.md never mixes a number with the wrong provenance. Run it on a quiet machine: timings taken while
+other jobs share the cores are not comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+KDSR = [sys.executable, "-m", "kdsr.cli"]
+
+# name -> (result file, command); in the order they run and appear in RESULTS.md
+BENCHES = {
+    "encode": ("encode.md", [sys.executable, "-m", "bench.bench_encode"]),
+    "train": ("train.md", [sys.executable, "bench/bench_train.py", "--epochs", "2"]),
+    "peers": ("peers_train.md", [sys.executable, "bench/bench_peers_train.py", "--epochs", "2"]),
+    "dissect": ("dissect.md", [sys.executable, "bench/bench_dissect.py"]),
+    "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
+    "recbole": ("recbole.md", None),  # bench/recbole_sasrec.py notes from its first measurement
+}
+
+
+def run(cmd: list[str]) -> None:
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+
+
+def ensure_inputs() -> None:
+    """The Beauty dataset, its MiniLM store and the dissection: cached, so cheap when already there."""
+    run([*KDSR, "prepare", "configs/prepare/beauty.yaml"])
+    run([*KDSR, "encode", "configs/encode/beauty-minilm.yaml"])
+    if not (REPO / "runs/features/beauty/text/minilm.dissect.zarr").exists():
+        run([*KDSR, "dissect", "configs/dissect/beauty-minilm.yaml"])
+
+
+def collect() -> Path:
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Assembled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` (`python -m bench.run_all`)",
+        "from the files in [bench/results/](results/). Each section states when, where and with which command its",
+        "numbers were measured; goals are from DESIGN.md section 5.",
+        "",
+    ]
+    for name, (file, _) in BENCHES.items():
+        path = RESULTS / file
+        if path.exists():
+            text = path.read_text().strip()
+            # demote headings one level so the sections nest under this page's title
+            text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+            parts += [text, ""]
+        else:
+            parts += [f"## {name}", "", f"Not measured yet (`bench/results/{file}` is missing).", ""]
+    out = REPO / "bench" / "RESULTS.md"
+    out.write_text("\n".join(parts))
+    print(f"wrote {out}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=[k for k, (_, c) in BENCHES.items() if c])
+    ap.add_argument("--quick", action="store_true", help="dissect scale at 100k rows instead of 1M")
+    ap.add_argument("--collect", action="store_true", help="only rebuild RESULTS.md")
+    args = ap.parse_args()
+    if not args.collect:
+        ensure_inputs()
+        for name, (_, cmd) in BENCHES.items():
+            if cmd is None or (args.only and name not in args.only):
+                continue
+            if name == "dissect":
+                cmd = [*cmd, "--beauty-store", "runs/features/beauty/text/minilm"]
+                if args.quick:
+                    cmd += ["--rows", "100000"]
+            run(cmd)
+    collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
