@@ -60,8 +60,11 @@ def collect() -> Path:
         path = RESULTS / file
         if path.exists():
             text = path.read_text().strip()
-            # demote headings one level so the sections nest under this page's title
-            text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+            # shift headings so each file's top heading is a section (##) of this page
+            levels = [len(line) - len(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")]
+            shift = 2 - min(levels, default=2)
+            text = "\n".join(("#" * (len(line) - len(line.lstrip("#")) + shift) + line.lstrip("#"))
+                             if line.startswith("#") else line for line in text.splitlines())
             parts += [text, ""]
         else:
             parts += [f"## {name}", "", f"Not measured yet (`bench/results/{file}` is missing).", ""]

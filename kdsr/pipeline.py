@@ -72,7 +72,7 @@ class Pipeline:
         self.results: dict[str, StageResult] = {}
 
     def _stage(self, name: str, stage: str, ref: StageRef, upstream: list[str], extra: list[str],
-               output_of: Callable[[Any], str], run: Callable[[Any], Any]) -> StageResult:
+               output_of: Callable[[Any], str], run: Callable[[Any], Any], restart_on_change: bool = False) -> StageResult:
         cfg = load_config(schema_for(stage), ref.config, [*ref.overrides, *extra])
         key = _key(cfg, upstream)
         output = Path(output_of(cfg))
@@ -82,6 +82,10 @@ class Pipeline:
             result = StageResult(name, output, key, True, 0.0)
         else:
             print(f"[pipeline] {name}: running {stage} {ref.config} -> {output}", flush=True)
+            if restart_on_change and seen.get("key") != key:
+                # Inputs or config changed since the checkpoint there was written: resuming it would report
+                # a model trained on the old inputs. (Same key, not done: an interrupted run, which resumes.)
+                cfg.resume = False
             t0 = time.perf_counter()
             run(cfg)
             result = StageResult(name, output, key, False, time.perf_counter() - t0)
@@ -110,8 +114,9 @@ class Pipeline:
             base = load_config(schema_for("train"), variant.config, variant.overrides)
             features = [f"modalities.{i}.features={diss.output}" for i, m in enumerate(base.modalities) if m.name == c.modality]
             extra = [f"dataset={data.output}", *features, *c.train_overrides]
-            runs.append(self._stage(f"train:{variant.label}", "train", variant, [data.key, diss.key], extra,
-                                    lambda t: t.out_dir, _train))
+            upstream = [data.key, diss.key] if features else [data.key]  # an ID-only run does not read features
+            runs.append(self._stage(f"train:{variant.label}", "train", variant, upstream, extra,
+                                    lambda t: t.out_dir, _train, restart_on_change=True))
         from kdsr.report import write_report
 
         report = write_report(self.cfg, self.results, data.output, diss.output,

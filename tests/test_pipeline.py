@@ -47,3 +47,14 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     second = capsys.readouterr().out
     for stage in ("prepare", "encode", "dissect", "train:ID only", "train:distilled"):
         assert f"[pipeline] {stage}: cached" in second
+
+    # a new dissection re-runs what reads it, from scratch (never resuming the old checkpoint), and only that
+    cfg["dissect"]["overrides"].append("seed=1")
+    path.write_text(yaml.safe_dump(cfg))
+    assert kdsr(["pipeline", str(path)]) == 0
+    third = capsys.readouterr().out
+    for stage in ("prepare", "encode", "train:ID only"):
+        assert f"[pipeline] {stage}: cached" in third
+    for stage in ("dissect", "train:distilled"):
+        assert f"[pipeline] {stage}: running" in third
+    assert "resumed from" not in third
