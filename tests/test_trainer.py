@@ -1,8 +1,10 @@
 """The training recipe end to end on a tiny synthetic dataset with real (dissected) toy features: outputs,
 distillation terms, the async parameter groups, exact resume, feature-mismatch refusal, re-evaluation."""
 import json
+import re
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -71,6 +73,7 @@ def test_training_writes_outputs_and_distils(tmp_path, toy):
     assert m["best_valid_ndcg@10"] == max(h["ndcg@10"] for h in hist)
     assert set(m["test"]) == {f"{n}@{k}" for n in ("hr", "ndcg", "mrr") for k in (5, 10, 20)}
     assert m["counts"]["eval_users"] == {"valid": 60, "test": 60} and m["world_size"] == 1
+    assert m["counts"]["eval_rows_gathered"] == {"valid": 60, "test": 60}
     # every loss term is recorded and the training loss goes down
     for term in ("loss/rec", "loss/hol/text", "loss/code/text"):
         assert all(np.isfinite(h[term]) for h in hist)
@@ -143,6 +146,27 @@ def test_resume_with_a_different_config_is_refused(tmp_path, toy):
         run(cfg, "optim.lr=0.02")
 
 
+def test_resume_after_the_inputs_were_rebuilt_is_refused(tmp_path, toy):
+    feats = toy_features(toy["data"], tmp_path / "feat", seed=0)
+    cfg = write_cfg(tmp_path, toy, epochs=1, max_steps=1, modalities=[{"name": "text", "features": str(feats)}])
+    assert run(cfg) == 0
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["inputs"]["text.dissect.seed"] == 0 and state["inputs"]["dataset.stats_sha256"]
+    # the same config, the dissection rebuilt under the same path with another seed
+    assert toy_features(toy["data"], tmp_path / "feat", seed=1) == feats
+    with pytest.raises(ConfigError, match=r"cannot resume, inputs differ .* in: .*text\.dissect\.config, text\.dissect\.seed"):
+        run(cfg)
+
+
+def test_a_dataset_without_validation_cases_is_refused(tmp_path):
+    data = synthetic(tmp_path / "data", n_users=20, n_items=30)
+    inter = pl.read_parquet(data / "interactions.parquet")  # as a ratio split with valid_ratio 0 leaves it
+    inter.with_columns(pl.col("split").replace("valid", "train")).write_parquet(data / "interactions.parquet")
+    cfg = write_cfg(tmp_path, {"data": str(data), "features": ""}, modalities=[])
+    with pytest.raises(ConfigError, match=f"model selection needs a validation split: {re.escape(str(data))} has no valid cases"):
+        train_job.TrainRecipe(load_config(TrainConfig, cfg)).setup()
+
+
 def test_teacher_targets_in_workers_or_in_the_step_train_identically(tmp_path, toy):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -173,8 +197,7 @@ def test_features_in_another_item_order_are_refused(tmp_path, toy):
         store = FeatureStore.create(tmp_path / f"{name}.zarr", bad_ids, 16, shard_size=len(bad_ids))
         store.write_shard(0, np.ones((len(bad_ids), 16), np.float32))
         (tmp_path / name).mkdir()
-        cfg = write_cfg(tmp_path / name, toy, **{"modalities": [{"name": "text", "features": str(store.path)}],
-                                                 "distill.enabled": False} if False else {})
+        cfg = write_cfg(tmp_path / name, toy)
         cfg = load_config(TrainConfig, cfg, [f"modalities=[{{name: text, features: {store.path}}}]"])
         recipe = train_job.TrainRecipe(cfg)
         with pytest.raises(StoreError, match="item order differs" if name == "shuffled" else "store has 39 items"):

@@ -21,11 +21,12 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_model(tmp_path):
-    data = synthetic(tmp_path / "data", n_users=40, n_items=30)
+    data = synthetic(tmp_path / "data", n_users=41, n_items=30)  # odd: rank 1 gets a padded shard
     feats = toy_features(data, tmp_path / "feat")
     cfg = {"dataset": str(data), "out_dir": str(tmp_path / "run"), "epochs": 2, "num_workers": 1, "progress": False,
            "model": {"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 8},
-           "modalities": [{"name": "text", "features": str(feats)}], "optim": {"batch_size": 8}, "eval": {"ks": [5, 10]}}
+           "modalities": [{"name": "text", "features": str(feats)}], "optim": {"batch_size": 8},
+           "eval": {"ks": [5, 10], "batch_size": 8}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_machines", "1",
@@ -37,5 +38,7 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # one model, kept in sync
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["valid_history"]) == 2
-    # both ranks' users were gathered, each exactly once
-    assert m["counts"]["eval_users"]["test"] == 40
+    # both ranks' users were gathered, each exactly once: the rows after the gather (eval_users is counted
+    # before sharding) equal the users, the padding duplicates dropped
+    assert m["counts"]["eval_users"] == {"valid": 41, "test": 41}
+    assert m["counts"]["eval_rows_gathered"] == {"valid": 41, "test": 41}

@@ -1,4 +1,7 @@
-"""TrainConfig: the typed schema of `configs/train/*.yaml`, with the released KDSR run's defaults."""
+"""TrainConfig: the typed schema of `configs/train/*.yaml`, with the released KDSR run's defaults except
+async_step.milestones: [] here (modality tables at lr / 4 for the whole run) vs [5, 10] in the released config
+(lr / 2 from epoch 5, the full lr from epoch 10); `async_step.milestones=[5,10]` reproduces that ramp.
+Why []: the slow rate is the method's point (DESIGN.md 2.5) and the ramp undoes it; its effect is unmeasured here."""
 from __future__ import annotations
 
 from typing import Literal

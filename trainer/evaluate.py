@@ -3,8 +3,9 @@
     kdsr evaluate runs/train/beauty-sasrec-kd [eval.exclude_history=true ...]
     python -m trainer.evaluate RUN_DIR [key=value ...]
 
-Overrides may change only the evaluation (`eval.*`, `device`); the result goes to RUN_DIR/evaluate.json
-(metrics.json, the training record, is left alone) and is printed.
+Overrides may change only the evaluation and how it runs (ALLOWED: `eval.*`, `device`, `num_workers`,
+`progress`); the result goes to RUN_DIR/evaluate.json (metrics.json, the training record, is left alone) and
+is printed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(argv[0])
     bad = [o for o in argv[1:] if not o.startswith(ALLOWED)]
     if bad:
-        raise ConfigError(f"kdsr evaluate: only eval.*, device, num_workers may be overridden, got {bad}")
+        names = ", ".join(a + "*" if a.endswith(".") else a.rstrip("=") for a in ALLOWED)
+        raise ConfigError(f"kdsr evaluate: only {names} may be overridden, got {bad}")
     # stop_after/resume off: evaluating must neither resume training nor touch its checkpoints
     cfg = load_config(TrainConfig, run / "config.yaml", [*argv[1:], "resume=false", "stop_after=null"])
     recipe = TrainRecipe(cfg)

@@ -3,6 +3,9 @@ that turns sequences into correlation targets. Both are refused unless their ite
 row for row."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import torch
 
@@ -40,3 +43,17 @@ def load_modalities(cfg, ds: PreparedDataset) -> tuple[dict[str, torch.Tensor], 
             teachers[m.name] = load_teacher(m.features, ids)
             n_codes[m.name] = int(teachers[m.name].n_codes)
     return features, teachers, n_codes
+
+
+def input_identity(cfg, ds: PreparedDataset) -> dict[str, object]:
+    """What identifies the run's inputs beyond their paths, flat (key -> value) so a resume can name what
+    changed: the dataset's stats.json, and each modality store's item fingerprint, creation time and, for a
+    dissection, its seed and config. A rebuilt dataset or store under the same path changes some of these."""
+    stats = json.dumps(ds.stats, sort_keys=True).encode()
+    ident: dict[str, object] = {"dataset.stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
+    for m in cfg.modalities:
+        attrs = FeatureStore.open(m.features).attrs
+        dissect = attrs.get("dissect") or {}
+        ident |= {f"{m.name}.item_fingerprint": attrs.get("item_fingerprint"), f"{m.name}.created": attrs.get("created"),
+                  f"{m.name}.dissect.seed": dissect.get("seed"), f"{m.name}.dissect.config": dissect.get("config")}
+    return json.loads(json.dumps(ident))  # as trainer_state.json will give it back

@@ -35,7 +35,7 @@ from kdsr.prepare.dataset import PreparedDataset
 from trainer.config import TrainConfig
 from trainer.data import (EpochSampler, EvalCases, TrainCollate, TrainWindows, UserSequences, add_teacher_targets,
                           eval_collate)
-from trainer.features import load_modalities
+from trainer.features import input_identity, load_modalities
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.optim import build_optimizer, set_epoch_lr
 from trainer.student import Student
@@ -56,6 +56,7 @@ class TrainerState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     loss_sums: dict = field(default_factory=dict)  # running sums of the loss terms in `epoch`, "_n" batches
+    inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
 
 
 class TrainRecipe:
@@ -75,6 +76,7 @@ class TrainRecipe:
         # 2. Dataset and features; load_modalities refuses stores whose items do not match the dataset's.
         ds = PreparedDataset.open(cfg.dataset)
         self.seqs = UserSequences.from_dataset(ds)
+        self.state.inputs = input_identity(cfg, ds)
         features, self.teachers, n_codes = load_modalities(cfg, ds)
         # 3. Model and optimizer (the async step's two parameter groups).
         model = self._setup_model(ds.n_items, features, n_codes)
@@ -109,6 +111,10 @@ class TrainRecipe:
         self.eval_loaders = {}
         for split in ("valid", "test"):
             hist, rel, skipped = self.seqs.eval_cases(split)
+            if not hist:  # model selection never falls back to test
+                need, part = {"valid": ("model selection needs a validation split", "validation"),
+                              "test": ("the final evaluation needs a test split", "test")}[split]
+                raise ConfigError(f"{need}: {self.cfg.dataset} has no {split} cases; prepare it with a {part} part")
             cases = EvalCases(hist, rel, self.cfg.model.max_len - (0 if causal else 1))  # BERT4Rec: room for [MASK]
             dl = DataLoader(cases, batch_size=self.cfg.eval.batch_size, collate_fn=partial(eval_collate, extra=int(not causal)))
             self.eval_loaders[split] = self.accelerator.prepare(dl)
@@ -123,8 +129,18 @@ class TrainRecipe:
             if a != b:
                 diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
                 raise ConfigError(f"{self.out}: cannot resume, config differs from the saved run in: {', '.join(diff)}")
+            # Same paths are not the same inputs: a rebuilt dataset or store would make the resumed run's
+            # metrics a mix of two runs.
+            state = json.loads((last / "trainer_state.json").read_text())
+            now, before = self.state.inputs, state.get("inputs")
+            if before and before != now:
+                diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+                raise ConfigError(f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
+                                  f"path?) in: {', '.join(diff)}; train into a fresh out_dir")
+            if not before:
+                self.accelerator.print(f"{last}: no input identity recorded (an older checkpoint); not checked")
             self.accelerator.load_state(str(last))
-            self.state = TrainerState(**json.loads((last / "trainer_state.json").read_text()))
+            self.state = TrainerState(**(state | {"inputs": now}))
             self.accelerator.print(f"resumed from {last} at epoch {self.state.epoch}, step {self.state.global_step}")
         if write_config and self.accelerator.is_main_process:
             save_config(self.cfg, self.out)
@@ -235,6 +251,8 @@ class TrainRecipe:
             for k, v in per_user.items():
                 parts.setdefault(k, []).append(v.cpu())
         model.train()
+        # per-user rows after the gather (which drops the duplicates padding the last shard): = eval_users
+        self.counts.setdefault("eval_rows_gathered", {})[split] = sum(len(v) for v in parts["ndcg@10"])
         return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
 
     # ---- checkpoints and outputs -------------------------------------------------------------------
