@@ -28,6 +28,8 @@ class EncoderConfig(Config):
     # Text of an item from its fields, Python format syntax. A missing/null field becomes "".
     template: str = "{title}"
     image_column: str = "image"  # for modality=image: a local path or an http(s) URL per item
+    # http(s) image URLs are fetched as given (any host): use trusted catalogs, or false for local files only.
+    allow_urls: bool = True
     # Compute precision. On CPU bf16/fp16 mean autocast over fp32 weights (measured faster than bf16
     # weights here, cosine >= 0.9999 to fp32); on CUDA the weights are loaded in that dtype.
     precision: Precision = "fp32"

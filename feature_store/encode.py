@@ -164,20 +164,25 @@ def provenance(cfg: EncodeConfig, resolved, inputs: list[str | None], ids: list[
     }
 
 
-def open_or_create(cfg: EncodeConfig, ids: list[str], dim: int, prov: dict[str, Any]) -> FeatureStore:
+class ResumeMismatchError(StoreError):
+    """The store at output.path was made with other settings than the config asks for."""
+
+
+def open_existing(cfg: EncodeConfig, ids: list[str], prov: dict[str, Any]) -> FeatureStore | None:
+    """The store at output.path to resume, checked against this run's settings; None when there is none
+    (or output.overwrite is set). A local path holding something else is an error, never overwritten."""
     out = cfg.output
-    exists = "://" in out.path or Path(out.path).exists()
-    if exists and not out.overwrite:
-        try:
-            store = FeatureStore.open(out.path, mode="r+")
-        except StoreError:
-            store = None
-        if store is not None:
-            check_resumable(store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size})
-            return store
-        if "://" not in out.path:
-            raise StoreError(f"{out.path}: exists and is not a feature store; choose another output.path or set output.overwrite=true")
-    return FeatureStore.create(out.path, ids, dim, dtype=out.dtype, shard_size=out.shard_size, attrs=prov, overwrite=out.overwrite)
+    remote = "://" in out.path
+    if out.overwrite or not (remote or Path(out.path).exists()):
+        return None
+    try:
+        store = FeatureStore.open(out.path, mode="r+")
+    except StoreError:
+        if remote:  # "absent" and "not a store" look alike remotely; create (mode w-) refuses existing data
+            return None
+        raise StoreError(f"{out.path}: exists and is not a feature store; choose another output.path or set output.overwrite=true") from None
+    check_resumable(store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size})
+    return store
 
 
 def check_resumable(store: FeatureStore, expected: dict[str, Any]) -> None:
@@ -185,8 +190,8 @@ def check_resumable(store: FeatureStore, expected: dict[str, Any]) -> None:
     diff = [k for k in RESUME_KEYS if k in expected and have.get(k) != expected[k]]
     if diff:
         lines = "; ".join(f"{k}: store {have.get(k)!r}, config {expected[k]!r}" for k in diff)
-        raise StoreError(f"{store.path}: existing store was made with different settings ({lines}); "
-                         "set output.overwrite=true to re-encode, or choose another output.path")
+        raise ResumeMismatchError(f"{store.path}: existing store was made with different settings ({lines}); "
+                                  "set output.overwrite=true to re-encode, or choose another output.path")
 
 
 class Progress:
@@ -218,16 +223,10 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     resolved = resolve_model(cfg.encoder.model, cfg.encoder.revision)
     prov = provenance(cfg, resolved, inputs, ids)
     out = cfg.output
-    if not out.overwrite and ("://" in out.path or Path(out.path).exists()):
-        try:  # nothing to do for a finished store with the same settings: no Ray at all
-            store = FeatureStore.open(out.path)
-            check_resumable(store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size})
-            if store.is_complete():
-                log.info("%s: complete, nothing to encode", out.path)
-                return {"items": 0, "errors": 0, "seconds": time.perf_counter() - t_start, "items_per_s": 0.0, "shards": []}
-        except StoreError as e:
-            if "different settings" in str(e):
-                raise
+    store = open_existing(cfg, ids, prov)
+    if store is not None and store.is_complete():  # nothing to do for a finished store: no Ray at all
+        log.info("%s: complete, nothing to encode", out.path)
+        return {"items": 0, "errors": 0, "seconds": time.perf_counter() - t_start, "items_per_s": 0.0, "shards": []}
 
     owns_ray = init_ray(cfg.ray)
     actors: list = []
@@ -243,7 +242,8 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
             for _ in range(plan.num_actors)
         ]
         dim = ray.get(actors[0].dim.remote())
-        store = open_or_create(cfg, ids, dim, prov)
+        if store is None:
+            store = FeatureStore.create(out.path, ids, dim, dtype=out.dtype, shard_size=out.shard_size, attrs=prov, overwrite=out.overwrite)
         if store.dim != dim:
             raise StoreError(f"{out.path}: store has {store.dim} dims, the model gives {dim}")
         pending = store.pending_shards()

@@ -5,18 +5,23 @@ provenance goes into the dataset's description so it travels with the export.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from feature_store.store import FeatureStore
+from feature_store.store import FeatureStore, StoreError
 
 
 def to_hf_dataset(store: FeatureStore, cache_dir: str | Path | None = None, keep_in_memory: bool = False):
-    """Columns: item_id (str), embedding (float32[D]), mask (bool: False = no usable feature)."""
+    """Columns: item_id (str), embedding (float32[D]), mask (bool: False = no usable feature).
+    Only a complete store exports (unwritten shards would read as zeros that look like features)."""
     import datasets
 
+    if not store.is_complete():
+        raise StoreError(f"{store.path}: {len(store.pending_shards())} shards are not written yet; "
+                         "finish (resume) the encode before exporting")
     ids, mask = store.item_ids(), store.mask()
 
     def rows():
@@ -30,11 +35,14 @@ def to_hf_dataset(store: FeatureStore, cache_dir: str | Path | None = None, keep
         "embedding": datasets.List(datasets.Value("float32"), length=store.dim),
         "mask": datasets.Value("bool"),
     })
-    info_attrs = {k: v for k, v in store.attrs.items() if k != "encode_runs"}
+    attrs = store.attrs
+    info_attrs = {k: v for k, v in attrs.items() if k != "encode_runs"}
+    # the fingerprint names the cache entry: it covers all attrs (creation time, provenance, encode_runs),
+    # so a re-encoded, resumed or overwritten store gets a new cache entry instead of a stale one
+    state = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ds = datasets.Dataset.from_generator(
         rows, features=features, cache_dir=str(cache_dir) if cache_dir else None, keep_in_memory=keep_in_memory,
-        # the fingerprint names the cache entry: same store content -> same cache, a changed store -> a new one
-        fingerprint=f"kdsr-{store.attrs.get('item_fingerprint')}-{store.attrs.get('created')}-{store.dim}",
+        fingerprint=f"kdsr-{attrs.get('item_fingerprint')}-{store.dim}-{state}",
     )
     ds.info.description = "kdsr feature store export; provenance: " + json.dumps(info_attrs, default=str)
     return ds

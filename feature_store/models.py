@@ -76,11 +76,14 @@ def resolve_model(name: str, revision: str | None = None, with_hash: bool = True
         path = str(Path(name).expanduser().resolve())
         return ResolvedModel(name, path, None, "local", digest(path))
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
     try:  # already in the HF cache: pin the snapshot's commit
         path = snapshot_download(name, revision=revision, local_files_only=True)
         return ResolvedModel(name, path, revision or Path(path).name, "hf-cache", digest(path))
-    except Exception:
+    except HFValidationError as e:  # neither a directory nor a hub id
+        raise ModelError(f"model {name!r}: not a local directory and not a valid hub id ({e})") from None
+    except (EntryNotFoundError, FileNotFoundError):  # not cached (LocalEntryNotFoundError is both); others propagate
         pass
     if not _offline():
         from huggingface_hub import model_info

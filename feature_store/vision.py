@@ -19,12 +19,16 @@ from feature_store.config import EncoderConfig
 MAX_IMAGE_BYTES = 50 << 20  # refuse larger downloads: a catalog image is never this big
 
 
-def load_image(ref: str | None, base_dir: str | Path | None = None, timeout: float = 20.0) -> tuple[Image.Image | None, str]:
-    """(RGB image, "") or (None, reason). Relative paths are taken from `base_dir` (the dataset folder)."""
+def load_image(ref: str | None, base_dir: str | Path | None = None, timeout: float = 20.0,
+               allow_urls: bool = True) -> tuple[Image.Image | None, str]:
+    """(RGB image, "") or (None, reason). Relative paths are taken from `base_dir` (the dataset folder).
+    http(s) URLs are fetched from whatever host they name (trusted catalogs only); allow_urls=False refuses them."""
     if ref is None or not str(ref).strip():
         return None, "no image"
     ref = str(ref).strip()
     try:
+        if ref.startswith(("http://", "https://")) and not allow_urls:
+            return None, f"image URLs are disabled (encoder.allow_urls: false): {ref}"
         if ref.startswith(("http://", "https://")):
             with urllib.request.urlopen(ref, timeout=timeout) as r:  # noqa: S310 (scheme checked above)
                 data = r.read(MAX_IMAGE_BYTES + 1)
@@ -88,7 +92,7 @@ class ImageEmbedder:
 
     def embed(self, refs: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(embeddings (N, D) float32, valid mask (N,), reasons) for image references in order."""
-        loaded = [load_image(r, self.base_dir) for r in refs]
+        loaded = [load_image(r, self.base_dir, allow_urls=self.cfg.allow_urls) for r in refs]
         reasons = [why for _, why in loaded]
         ok = [i for i, (im, _) in enumerate(loaded) if im is not None]
         out = np.zeros((len(refs), self.dim), np.float32)

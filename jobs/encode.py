@@ -24,13 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from feature_store.config import EncodeConfig
     from feature_store.encode import run_encode
+    from feature_store.models import ModelError
+    from feature_store.planner import PlanError
+    from feature_store.store import StoreError
+    from feature_store.text import TemplateError
+    from kdsr.prepare.dataset import DatasetError
 
     try:
         cfg = load_config(EncodeConfig, argv[0], argv[1:])
     except ConfigError as e:
         print(f"kdsr encode: {e}", file=sys.stderr)
         return 2
-    summary = run_encode(cfg)
+    try:
+        summary = run_encode(cfg)
+    except (StoreError, ModelError, DatasetError, TemplateError, PlanError) as e:
+        print(f"kdsr encode: error: {e}", file=sys.stderr)
+        return 1
     if "://" not in cfg.output.path:
         save_config(cfg, Path(cfg.output.path), name="encode-config.yaml")
     print(json.dumps(summary))

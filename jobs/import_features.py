@@ -19,14 +19,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from feature_store.config import ImportConfig
-    from feature_store.importer import run_import
+    from feature_store.importer import FeatureImportError, run_import
+    from feature_store.store import StoreError
+    from kdsr.prepare.dataset import DatasetError
 
     try:
         cfg = load_config(ImportConfig, argv[0], argv[1:])
     except ConfigError as e:
         print(f"kdsr import: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(run_import(cfg)))
+    try:
+        summary = run_import(cfg)
+    except (FeatureImportError, StoreError, DatasetError) as e:
+        print(f"kdsr import: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
     return 0
 
 

@@ -143,6 +143,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the pipeline config")
     parser.add_argument("--force", action="store_true", help="re-run every stage even when cached")
     args = parser.parse_args(argv)
+    from feature_store.models import ModelError
     from feature_store.store import StoreError
     from kdsr.config import ConfigError
     from kdsr.prepare.dataset import DatasetError
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(PipelineConfig, args.config, args.overrides)
         report = Pipeline(cfg, force=args.force).run()
-    except (ConfigError, StoreError, DatasetError, InputError, FileNotFoundError) as e:
+    except (ConfigError, StoreError, ModelError, DatasetError, InputError, FileNotFoundError) as e:
         print(f"kdsr pipeline: {e}", file=sys.stderr)
         return 2
     print(f"\nreport: {report}")

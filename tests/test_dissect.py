@@ -217,6 +217,9 @@ def test_cli_reports_errors_and_writes_the_store(clip_store, tmp_path, capsys):
     assert main(["dissect", str(cfg), "codebook.n_codes=8"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert FeatureStore.open(tmp_path / "cli.zarr").group["centroids"].shape == (8, 8)
+    assert main(["dissect", str(cfg), "codebook.n_codes=8", "overwrite=false"]) == 1  # refused before any work
+    assert "already exists; set overwrite=true" in capsys.readouterr().err
+    assert FeatureStore.open(tmp_path / "cli.zarr").is_complete()
     with pytest.raises(ConfigError, match="unknown key 'facets.modes'"):
         load_config(DissectConfig, cfg, ["facets.modes=chunks"])
 

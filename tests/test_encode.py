@@ -11,8 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from feature_store.store import FeatureStore, StoreError
+from feature_store.config import EncodeConfig
+from feature_store.encode import ResumeMismatchError, run_encode
+from feature_store.store import FeatureStore
 from jobs import encode as encode_job
+from kdsr.config import load_config
 from kdsr.prepare.dataset import PreparedDataset
 
 CONFIG = "configs/encode/beauty-minilm.yaml"
@@ -83,9 +86,24 @@ def test_rerun_of_a_complete_store_does_nothing(beauty_store, beauty, capsys):
     assert len(FeatureStore.open(beauty_store.path).attrs["encode_runs"]) == 1
 
 
-def test_resume_with_other_settings_is_refused(beauty_store, beauty):
-    with pytest.raises(StoreError, match=r"different settings \(pooling: store 'mean', config 'cls'\)"):
-        encode_job.main([CONFIG, f"dataset={beauty.path}", f"output.path={beauty_store.path}", "encoder.pooling=cls"])
+def test_resume_with_other_settings_is_refused(beauty_store, beauty, capsys):
+    argv = [CONFIG, f"dataset={beauty.path}", f"output.path={beauty_store.path}", "encoder.pooling=cls"]
+    assert encode_job.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "different settings (pooling: store 'mean', config 'cls')" in err and "Traceback" not in err
+    with pytest.raises(ResumeMismatchError):  # the library raises a dedicated StoreError
+        run_encode(load_config(EncodeConfig, argv[0], argv[1:]))
+
+
+def test_bad_model_or_output_is_reported_without_traceback(beauty, tmp_path, capsys):
+    assert encode_job.main([CONFIG, f"dataset={beauty.path}", f"output.path={tmp_path / 's'}", "encoder.model=/no/such/model"]) == 1
+    err = capsys.readouterr().err
+    assert "kdsr encode: error: model '/no/such/model'" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("not a store")
+    assert encode_job.main([CONFIG, f"dataset={beauty.path}", f"output.path={tmp_path / 'file'}"]) == 1
+    assert "exists and is not a feature store" in capsys.readouterr().err
+    assert encode_job.main([CONFIG, f"dataset={tmp_path / 'missing'}", f"output.path={tmp_path / 's'}"]) == 1
+    assert "not a prepared dataset" in capsys.readouterr().err
 
 
 def test_bad_config_is_refused_with_the_key(capsys):

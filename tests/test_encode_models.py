@@ -178,3 +178,5 @@ def test_clip_full_checkpoint_uses_the_vision_tower(tmp_path, images):
 def test_load_image_reads_a_good_file(images):
     im, why = load_image(str(images / "ok2.png"))
     assert why == "" and im.size == (48, 40) and im.mode == "RGB"
+    im, why = load_image("http://127.0.0.1:9/x.png", allow_urls=False)  # refused without any connection
+    assert im is None and "allow_urls: false" in why

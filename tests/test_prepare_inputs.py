@@ -39,6 +39,10 @@ REVIEWS = [("u1", "A", 5.0, 100), ("u1", "B", 4.0, 100), ("u1", "C", 2.0, 300),
            ("u3", "C", 4.0, 10), ("u3", "A", 4.0, 20), ("u3", "B", 1.0, 30)]
 META = {"A": ("Lipstick red", ["Beauty", "Makeup"], "Brand A"), "B": ("Shampoo", ["Beauty", "Hair"], "Brand B"),
         "C": ("Soap", ["Beauty", "Bath"], None), "D": ("Never reviewed", ["Beauty"], "D")}
+# 2023 `images`: hi_res when there is one, else large; the first image counts; none -> null
+IMAGES = {"A": [{"thumb": "http://i/A-t.jpg", "large": "http://i/A-l.jpg", "variant": "MAIN", "hi_res": "http://i/A-h.jpg"},
+                {"thumb": "http://i/A2-t.jpg", "large": "http://i/A2-l.jpg", "variant": "PT01", "hi_res": None}],
+          "B": [{"thumb": "http://i/B-t.jpg", "large": "http://i/B-l.jpg", "variant": "MAIN", "hi_res": None}], "C": [], "D": []}
 
 
 def amazon_files(tmp_path: Path, version: str, gz: bool = True) -> tuple[Path, Path]:
@@ -46,7 +50,7 @@ def amazon_files(tmp_path: Path, version: str, gz: bool = True) -> tuple[Path, P
         reviews = [json.dumps({"rating": r, "title": "t", "text": "x", "images": [], "asin": i + "-v", "parent_asin": i,
                                "user_id": u, "timestamp": t * 1000, "helpful_vote": 0, "verified_purchase": True}) for u, i, r, t in REVIEWS]
         meta = [json.dumps({"main_category": "All Beauty", "title": title, "features": cats, "description": [], "store": brand,
-                            "categories": cats, "images": [{"large": "http://x"}], "details": {"k": "v"}, "parent_asin": i})
+                            "categories": cats, "images": IMAGES[i], "details": {"k": "v"}, "parent_asin": i})
                 for i, (title, cats, brand) in META.items()]
         names = ("All_Beauty.jsonl", "meta_All_Beauty.jsonl")
     else:
@@ -78,6 +82,24 @@ def test_amazon_dumps(tmp_path, version, gz):
     assert u1["item"].to_list() == [1, 2, 3] and u1["split"].to_list() == ["train", "valid", "test"]
     assert u1["timestamp"].to_list() == ([100_000, 100_000, 300_000] if version == "2023" else [100, 100, 300])
     assert ds.stats["timestamp_unit"] == ("ms" if version == "2023" else "s")
+
+
+def test_amazon_2023_image_urls(tmp_path):
+    reviews, meta = amazon_files(tmp_path, "2023", gz=False)
+    ds = run(tmp_path, amazon={"version": "2023", "reviews": str(reviews), "meta": str(meta), "image_field": "images"})
+    assert ds.items["image"].to_list() == ["http://i/A-h.jpg", "http://i/B-l.jpg", None]
+    assert ds.text_fields() == ["title"] and ds.stats["image_column"] == "image"
+    assert "image" not in run(tmp_path, amazon={"version": "2023", "reviews": str(reviews), "meta": str(meta)}).items.columns
+
+
+def test_shipped_image_configs_line_up():
+    from feature_store.config import EncodeConfig
+    from kdsr.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    prep = load_config(PrepareConfig, root / "configs/prepare/amazon-2023-all-beauty.yaml")
+    enc = load_config(EncodeConfig, root / "configs/encode/vision-clip.yaml")
+    assert prep.amazon.image_field == "images" and enc.dataset == prep.output_dir and enc.encoder.image_column == "image"
 
 
 def test_amazon_rating_threshold(tmp_path):
@@ -224,6 +246,19 @@ def test_csv_tables_with_custom_columns_and_several_text_fields(tmp_path):
     assert (d["items.without_text"], d["interactions.item_without_text"], d["items.never_interacted"]) == (1, 2, 1)
     assert ds.item_original_ids() == ["10", "11"] and ds.stats["split"] == {"train": 2, "valid": 0, "test": 2}
     assert ds.interactions.filter(pl.col("user") == 1)["item"].to_list() == [1, 2]  # 007: 10 and 11 at ts 5, record order
+
+
+def test_table_image_column_is_kept_and_not_text(tmp_path):
+    items = "iid,name,desc,photo\n10,Ten,,img/10.jpg\n11,Eleven,x,\n12,,,img/12.jpg\n13,Thirteen,,\n"
+    ds = run(tmp_path, table=table(tmp_path, items=items, image_field="photo"), filter={"kcore": 0, "require_text": True},
+             split={"protocol": "ratio", "valid_ratio": 0})
+    # item 12 has an image but no text: require_text still drops it; item 11 has text and no image: kept
+    assert ds.item_original_ids() == ["10", "11"] and ds.items["image"].to_list() == ["img/10.jpg", None]
+    assert ds.text_fields() == ["name", "desc"] and ds.stats["dropped"]["items.without_text"] == 1
+    with pytest.raises(InputError, match=r"items\.csv: missing items column 'pic'"):
+        prepare(config(tmp_path, table=table(tmp_path, items=items, image_field="pic")))
+    with pytest.raises(ValueError, match="text_fields has 'image'"):
+        config(tmp_path, table=table(tmp_path, image_field="photo", text_fields=["image"]))
 
 
 def test_missing_column(tmp_path):

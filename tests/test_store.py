@@ -89,3 +89,15 @@ def test_export_to_hf_dataset(tmp_path):
     np.testing.assert_allclose(np.asarray(ds["embedding"], np.float32), data)
     assert ds["mask"] == store.mask().tolist()
     assert '"model": "m"' in ds.info.description
+
+
+def test_export_refuses_an_incomplete_store_and_tracks_changes(tmp_path):
+    store = FeatureStore.create(tmp_path / "part", IDS, 3, shard_size=4)
+    store.write_shard(0, np.ones((4, 3), np.float32))
+    with pytest.raises(StoreError, match="2 shards are not written yet"):
+        to_hf_dataset(store, cache_dir=tmp_path / "cache")
+    full, _ = _filled(tmp_path / "s")
+    first = to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint
+    assert to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint == first  # same store: same cache entry
+    full.update_attrs(encode_runs=[{"items": 10}])
+    assert to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint != first

@@ -120,12 +120,17 @@ def fit_codebook(sims: np.ndarray, cfg: CodebookConfig, seed: int) -> tuple[np.n
     }
 
 
+def nearest_centroid(sims: torch.Tensor, centroids_t: torch.Tensor, half_norm: torch.Tensor, rows: int) -> torch.Tensor:
+    """Nearest centroid (squared Euclidean) of each row of sims [P, F], given centroids_t [F, K] and
+    half_norm [K] = ||c||^2 / 2: argmin ||s - c||^2 = argmax (s.c - ||c||^2 / 2), one addmm per `rows` rows."""
+    out = torch.empty(sims.shape[0], dtype=torch.long, device=sims.device)
+    for s in range(0, sims.shape[0], rows):  # bounded (rows, K) score blocks
+        out[s : s + rows] = torch.addmm(half_norm, sims[s : s + rows], centroids_t, beta=-1).argmax(-1)
+    return out
+
+
 def assign_codes(sims: np.ndarray, centroids: np.ndarray, chunk: int = 262144) -> np.ndarray:
     """Nearest centroid (squared Euclidean) of each row of sims [P, F]."""
-    c = torch.as_tensor(centroids, dtype=torch.float32)
-    half = 0.5 * (c * c).sum(1)
-    out = np.empty(len(sims), np.int64)
-    for s in range(0, len(sims), chunk):
-        x = torch.as_tensor(np.asarray(sims[s : s + chunk], np.float32))
-        out[s : s + chunk] = (x @ c.T - half).argmax(1).numpy()
-    return out
+    c = torch.as_tensor(np.asarray(centroids, np.float32))
+    x = torch.as_tensor(np.asarray(sims, np.float32))
+    return nearest_centroid(x, c.T.contiguous(), 0.5 * (c * c).sum(1), chunk).numpy()

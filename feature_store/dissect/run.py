@@ -50,6 +50,8 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     out = cfg.resolved_output()
     if Path(out).resolve() == Path(cfg.features).resolve():
         raise StoreError(f"{out}: the dissection output must not be the input store")
+    if Path(out).exists() and not cfg.overwrite:
+        raise StoreError(f"{out}: already exists; set overwrite=true to replace it")
     N, D, d = src.n_items, src.dim, (src.dim if cfg.reduce.method == "none" else cfg.reduce.dim)
     need_gb = N * d * 4 / 2**30
     if need_gb > cfg.max_memory_gb:
@@ -67,15 +69,10 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     t = time.perf_counter()
     red = fit_reduction(src, mask, cfg.reduce, cfg.seed, log)
     timings["reduce_fit"] = time.perf_counter() - t
-    try:
-        dst = FeatureStore.create(
-            out, src.item_ids(), red.dim, dtype="float32", shard_size=src.shard_size, overwrite=cfg.overwrite,
-            attrs={"source_store": str(cfg.features), "source_fingerprint": src.attrs.get("item_fingerprint")},
-        )
-    except Exception as e:  # zarr's "already exists" error types vary across versions
-        if Path(out).exists() and not cfg.overwrite:
-            raise StoreError(f"{out}: already exists; set overwrite=true to replace it") from None
-        raise
+    dst = FeatureStore.create(
+        out, src.item_ids(), red.dim, dtype="float32", shard_size=src.shard_size, overwrite=cfg.overwrite,
+        attrs={"source_store": str(cfg.features), "source_fingerprint": src.attrs.get("item_fingerprint")},
+    )
     t = time.perf_counter()
     counts = write_reduced(src, dst, red, cfg.reduce.block_rows, log)
     timings["reduce_write"] = time.perf_counter() - t

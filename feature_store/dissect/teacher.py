@@ -19,7 +19,8 @@ import torch
 
 from feature_store.store import FeatureStore, StoreError
 
-from .codebook import IGNORE, facet_units
+from .codebook import IGNORE, facet_units, nearest_centroid
+from .reduce import usable_rows
 
 
 class TeacherTargets(NamedTuple):
@@ -35,17 +36,16 @@ class Teacher:
     valid: torch.Tensor  # [N+1] bool
     facets: torch.Tensor  # [d] long
     centroids: torch.Tensor  # [K, F]
-    # caches derived from the above (built by __post_init__ / to())
-    _unit: torch.Tensor | None = None  # [N+1, d] unit rows
+    # caches derived from the above (built by __post_init__ / to()); unit rows are not cached: normalising
+    # the batch's B*L rows costs far less than the B*L*L*d similarity matmul, and saves an [N+1, d] copy
     _facet_unit: torch.Tensor | None = None  # [N+1, F, m] unit facet sub-vectors
     _half_norm: torch.Tensor | None = None  # [K] 0.5 * ||centroid||^2
     _centroids_t: torch.Tensor | None = None  # [F, K] contiguous
     max_block: int = 1 << 18  # elements of the (pairs, K) score block computed at once (fits in cache)
 
     def __post_init__(self) -> None:
-        ok = self.valid[:, None].to(self.features.dtype)
-        self._unit = self.features / self.features.norm(dim=1, keepdim=True).clamp_min(1e-12) * ok
-        self._facet_unit = facet_units(self.features, self.facets.cpu(), self.n_facets).to(self.features.device) * ok[:, :, None]
+        ok = self.valid[:, None, None].to(self.features.dtype)
+        self._facet_unit = facet_units(self.features, self.facets.cpu(), self.n_facets).to(self.features.device) * ok
         self._half_norm = 0.5 * (self.centroids * self.centroids).sum(1)
         self._centroids_t = self.centroids.T.contiguous()
 
@@ -61,7 +61,7 @@ class Teacher:
         elif not store.is_complete():
             raise StoreError(f"{path}: {len(store.pending_shards())} shards are not written; re-run `kdsr dissect`")
         x = store.read_all("float32")
-        usable = store.mask() & np.any(x != 0, axis=1)
+        usable = usable_rows(x, store.mask())
         features = torch.cat([torch.zeros(1, x.shape[1]), torch.from_numpy(x)])
         valid = torch.cat([torch.zeros(1, dtype=torch.bool), torch.from_numpy(usable)])
         facets = torch.from_numpy(np.asarray(store.group["facets"][:], np.int64))
@@ -87,7 +87,7 @@ class Teacher:
         return self.features.device
 
     def to(self, device: str | torch.device) -> "Teacher":
-        for name in ("features", "valid", "facets", "centroids", "_unit", "_facet_unit", "_half_norm", "_centroids_t"):
+        for name in ("features", "valid", "facets", "centroids", "_facet_unit", "_half_norm", "_centroids_t"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -105,7 +105,8 @@ class Teacher:
         eye = torch.eye(L, dtype=torch.bool, device=self.device)
         pair_mask = both & ~eye & (seqs[:, :, None] != seqs[:, None, :])
 
-        u = self._unit[seqs]  # (B, L, d)
+        x = self.features[seqs]  # (B, L, d)
+        u = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * valid[:, :, None].to(x.dtype)
         sim = torch.bmm(u, u.transpose(1, 2))  # (B, L, L); invalid rows are zero, so their sims are 0
 
         # codes only for the supervised pairs, upper triangle, then mirrored (c_ij = c_ji)
@@ -115,10 +116,7 @@ class Teacher:
             c = torch.matmul(fu, fu.transpose(-1, -2))[b, :, i, j]  # (P, F)
         else:
             c = (self._facet_unit[seqs[b, i]] * self._facet_unit[seqs[b, j]]).sum(-1)  # (P, F)
-        code = torch.empty(b.numel(), dtype=torch.long, device=self.device)
-        step = max(1, self.max_block // self.n_codes)
-        for s in range(0, b.numel(), step):  # bounded, cache-sized (P_chunk, K) score blocks
-            code[s : s + step] = torch.addmm(self._half_norm, c[s : s + step], self._centroids_t, beta=-1).argmax(-1)
+        code = nearest_centroid(c, self._centroids_t, self._half_norm, max(1, self.max_block // self.n_codes))  # cache-sized blocks
         codes = torch.full((B, L, L), IGNORE, dtype=torch.long, device=self.device)
         codes[b, i, j] = code
         codes[b, j, i] = code

@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.prepare.config import AmazonSource
+from kdsr.prepare.dataset import IMAGE_COLUMN
 from kdsr.prepare.readers import InputError, Raw, text_column
 
 # version -> (base URL, reviews file pattern, meta file pattern); the pages that list categories:
@@ -134,9 +135,11 @@ def read_amazon(src: AmazonSource, bad_rows: str = "error") -> Raw:
     if skipped:
         raw.dropped["interactions.malformed_line"] = skipped
         raw.notes.append("record = index among the well-formed lines (malformed ones skipped)")
+    if src.image_field and "meta" not in paths:
+        raise InputError(f"amazon.image_field {src.image_field!r} needs the metadata file: set amazon.meta or amazon.category")
     if "meta" in paths:
-        items, meta_skipped, meta_read = read_meta(paths["meta"], src.version, src.text_fields, bad_rows)
-        raw.items = items
+        items, meta_skipped, meta_read = read_meta(paths["meta"], src.version, src.text_fields, bad_rows, src.image_field)
+        raw.items, raw.has_image = items, src.image_field is not None
         raw.read["items"] = meta_read
         if meta_skipped:
             raw.dropped["items.malformed_line"] = meta_skipped
@@ -181,11 +184,13 @@ def read_json_lines(path: Path, schema: dict, bad_rows: str) -> tuple[pl.DataFra
         return pl.read_ndjson(good, schema=schema), len(bad)
 
 
-def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str) -> tuple[pl.DataFrame, int, int]:
-    """Item key + text fields from a metadata file. Returns (items, malformed lines skipped, lines read)."""
+def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str,
+              image_field: str | None = None) -> tuple[pl.DataFrame, int, int]:
+    """Item key + text fields [+ image URL] from a metadata file. Returns (items, malformed lines skipped, lines read)."""
     key = META_KEY[version]
     parse = _literal if version == "2014" else json.loads
     rows: dict[str, list] = {"item": [], **{f: [] for f in text_fields}}
+    images: list[str | None] = []
     skipped, read = 0, 0
     for n, raw_line in _lines(path):
         line = raw_line.decode("utf-8", errors="replace")
@@ -205,16 +210,28 @@ def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str) -
         rows["item"].append(None if rec.get(key) is None else str(rec.get(key)))
         for f in text_fields:
             rows[f].append(_flatten(rec.get(f)))
+        if image_field:
+            images.append(_image_url(rec.get(image_field)))
     df = pl.DataFrame(rows, schema={"item": pl.Utf8, **{f: pl.Utf8 for f in text_fields}})
     no_key = df.with_row_index("_r").filter(pl.col("item").is_null())
     if no_key.height:
         raise InputError(f"{path}: {no_key.height} metadata records have no {key!r} (first at record {no_key['_r'][0]})")
-    return df.select("item", *[text_column(df, f) for f in text_fields]), skipped, read
+    image = [pl.Series(IMAGE_COLUMN, images, pl.Utf8)] if image_field else []
+    return df.select("item", *[text_column(df, f) for f in text_fields], *image), skipped, read
 
 
 def _literal(line: str):
     """The 2014 metadata is `repr` of Python dicts: parse it safely (never `eval`)."""
     return ast.literal_eval(line)
+
+
+def _image_url(value) -> str | None:
+    """One URL from a metadata image field: the first of a list; of a 2023 image dict its hi_res, else large."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, dict):
+        value = value.get("hi_res") or value.get("large")
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def _flatten(value) -> str | None:

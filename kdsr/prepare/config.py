@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kdsr.config import Config
+from kdsr.prepare.dataset import IMAGE_COLUMN
 
 SOURCES = ("table", "recbole_split", "amazon", "huggingface")
 
@@ -41,6 +42,9 @@ class TableSource(Config):
     text_fields: list[str] = ["title"]
     # Item column with the item ID in the items table; None: same name as columns.item.
     items_item_column: str | None = None
+    # Items-table column with a local image path (relative to the prepared dataset folder) or http(s) URL per item (a
+    # list: its first entry), written to items.parquet as `image` for image encoders; not subject to require_text.
+    image_field: str | None = None
 
 
 class RecboleSplitSource(Config):
@@ -62,6 +66,9 @@ class AmazonSource(Config):
     category: str | None = None
     download_dir: str = "data/amazon"
     text_fields: list[str] = ["title"]
+    # Metadata field with the item's images, written to items.parquet as `image` (one URL; not subject to
+    # require_text): 2023 `images` (first image's hi_res, else large), 2018 `imageURLHighRes`/`image`, 2014 `imUrl`.
+    image_field: str | None = None
 
 
 class HFDatasetRef(Config):
@@ -138,6 +145,9 @@ class PrepareConfig(Config):
             raise ValueError("split.valid_start must be <= split.test_start")
         if self.recbole_split is not None and s.protocol != "leave_one_out":
             raise ValueError("recbole_split keeps the files' own leave-one-out split: split.protocol must be leave_one_out")
+        image_field = getattr(self.source, "image_field", None)
+        if image_field and IMAGE_COLUMN in getattr(self.source, "text_fields", []):
+            raise ValueError(f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; rename or drop it")
         if self.amazon is not None and self.amazon.reviews is None and self.amazon.category is None:
             raise ValueError("amazon: set reviews (a path) or category (files under download_dir)")
         if self.filter.rating_threshold is not None and self.source_kind in ("table", "huggingface"):

@@ -1,7 +1,9 @@
 """A prepared dataset folder: the contract between `prepare` and every later stage.
 
     <dir>/items.parquet         item (int32, 1..N, contiguous, ascending), original_id (str), then the
-                                item fields kept from the source (title, description, brand, image, ...)
+                                text fields kept from the source (title, description, brand, ...), and
+                                `image` (str: local path, relative to <dir>, or http(s) URL; null = none)
+                                when the source sets image_field; filter.require_text ignores `image`
     <dir>/users.parquet         user (int32, 1..U), original_id (str)
     <dir>/interactions.parquet  user, item (int32), timestamp (int64), position (int32, 0-based order in the
                                 user's history), split ("train" | "valid" | "test"); sorted by user, position
@@ -20,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 SPLITS = ("train", "valid", "test")
+IMAGE_COLUMN = "image"  # items.parquet column written from a source's image_field
 
 
 class DatasetError(ValueError):
@@ -72,7 +75,8 @@ class PreparedDataset:
         return self.items.sort("item")["original_id"].cast(pl.Utf8).to_list()
 
     def text_fields(self) -> list[str]:
-        return [c for c in self.items.columns if c not in ("item", "original_id")]
+        image = self.stats.get("image_column")  # set by prepare when the items have an image column
+        return [c for c in self.items.columns if c not in ("item", "original_id", image)]
 
     def sequences(self, splits: tuple[str, ...] = SPLITS) -> pl.DataFrame:
         """One row per user: `item`, the list of item IDs in chronological order, keeping only rows whose

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.prepare.config import Columns, TableSource
+from kdsr.prepare.dataset import IMAGE_COLUMN
 
 
 class InputError(ValueError):
@@ -21,7 +22,7 @@ class InputError(ValueError):
 @dataclass
 class Raw:
     interactions: pl.DataFrame  # user, item (original IDs), timestamp, [rating], record, [split]
-    items: pl.DataFrame | None  # item (original ID) + text fields, or None when the source has no items table
+    items: pl.DataFrame | None  # item (original ID) + text fields [+ image], or None when the source has no items table
     text_fields: list[str]
     source: dict[str, str]  # format and paths, for stats.json
     inter_file: str
@@ -34,6 +35,7 @@ class Raw:
     user_order: list | None = None
     notes: list[str] = field(default_factory=list)
     timestamp_unit: str = "s"
+    has_image: bool = False  # items carry an IMAGE_COLUMN (the source's image_field)
 
     def where(self, record: int, file: str | None = None) -> str:
         file = file or self.inter_file
@@ -50,7 +52,7 @@ def read_table_source(src: TableSource) -> Raw:
         items = _read(src.items, src.format if src.format != "auto" else _format_of(src.items), src.separator)
     raw = from_frames(
         inter, items, src.columns, src.text_fields, src.interactions, src.items,
-        items_item_column=src.items_item_column, line_offset=None if fmt == "parquet" else 2,
+        items_item_column=src.items_item_column, line_offset=None if fmt == "parquet" else 2, image_field=src.image_field,
     )
     raw.source = {"format": fmt, "interactions": src.interactions, **({"items": src.items} if src.items else {})}
     return raw
@@ -125,6 +127,7 @@ def _require(df: pl.DataFrame, cols: list[str], file: str, what: str) -> None:
 def from_frames(
     inter: pl.DataFrame, items: pl.DataFrame | None, cols: Columns, text_fields: list[str],
     inter_file: str, items_file: str | None, items_item_column: str | None = None, line_offset: int | None = 2,
+    image_field: str | None = None,
 ) -> Raw:
     """Select and type the configured columns of already-loaded frames (shared by tables and datasets)."""
     wanted = [cols.user, cols.item] + [c for c in (cols.timestamp, cols.rating) if c]
@@ -149,10 +152,14 @@ def from_frames(
     raw = Raw(out, None, list(text_fields), {}, inter_file, items_file, line_offset=line_offset, read={"interactions": inter.height})
     if not cols.timestamp:
         raw.notes.append("no timestamp column: the record order is used as the timestamp")
+    if image_field and items is None:
+        raise InputError(f"{inter_file}: image_field {image_field!r} needs an items table")
     if items is not None:
         key = items_item_column or cols.item
-        _require(items, [key, *text_fields], items_file or "<items>", "items")
-        items = items.select(pl.col(key).alias("item"), *[text_column(items, f) for f in text_fields])
+        _require(items, [key, *text_fields, *([image_field] if image_field else [])], items_file or "<items>", "items")
+        image = [image_column(items, image_field)] if image_field else []
+        items = items.select(pl.col(key).alias("item"), *[text_column(items, f) for f in text_fields], *image)
+        raw.has_image = bool(image_field)
         if cols.integer_ids:
             _check_numeric(items.rename({"item": key}), key, items_file or "<items>", line_offset, integer=True)
             items = items.with_columns(pl.col("item").cast(pl.Int64))
@@ -179,3 +186,12 @@ def text_column(df: pl.DataFrame, name: str) -> pl.Expr:
         expr = expr.cast(pl.Utf8)
     expr = expr.str.strip_chars()
     return pl.when(expr.str.len_chars() > 0).then(expr).otherwise(None).alias(name)
+
+
+def image_column(df: pl.DataFrame, name: str) -> pl.Expr:
+    """An image field as IMAGE_COLUMN: one stripped path or URL (a list gives its first entry), empty -> null."""
+    expr = pl.col(name)
+    if isinstance(df.schema[name], pl.List):
+        expr = expr.list.first()
+    expr = expr.cast(pl.Utf8).str.strip_chars()
+    return pl.when(expr.str.len_chars() > 0).then(expr).otherwise(None).alias(IMAGE_COLUMN)

@@ -15,7 +15,7 @@ import polars as pl
 from kdsr.config import save_config
 from kdsr.prepare import filters
 from kdsr.prepare.config import PrepareConfig
-from kdsr.prepare.dataset import SPLITS
+from kdsr.prepare.dataset import IMAGE_COLUMN, SPLITS
 from kdsr.prepare.readers import InputError, Raw
 from kdsr.prepare.split import split
 
@@ -114,7 +114,8 @@ def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> Pat
     items = items_ids.select("item", pl.col("original").cast(pl.Utf8).alias("original_id"))
     if raw.items is not None:
         items = items_ids.join(raw.items, left_on="original", right_on="item", how="left").select(
-            "item", pl.col("original").cast(pl.Utf8).alias("original_id"), *raw.text_fields
+            "item", pl.col("original").cast(pl.Utf8).alias("original_id"), *raw.text_fields,
+            *([IMAGE_COLUMN] if raw.has_image else []),
         )
     users = users_ids.select("user", pl.col("original").cast(pl.Utf8).alias("original_id"))
 
@@ -157,6 +158,7 @@ def build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items
         "read": {"interactions": raw.read["interactions"], "items": read_items},
         "source": raw.source,
         "text_fields": raw.text_fields if raw.items is not None else [],
+        "image_column": IMAGE_COLUMN if raw.items is not None and raw.has_image else None,
         "timestamp_unit": raw.timestamp_unit,
         "filter": cfg.filter.model_dump(),
         "notes": raw.notes,
