@@ -8,20 +8,14 @@ Under `ray job submit` the job joins that cluster by itself (RAY_ADDRESS is set 
 """
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from pathlib import Path
 
-from kdsr.config import ConfigError, load_config, save_config
+from jobs._cli import run_stage
+from kdsr.config import save_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from feature_store.config import EncodeConfig
     from feature_store.encode import run_encode
     from feature_store.models import ModelError
@@ -30,20 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     from feature_store.text import TemplateError
     from kdsr.prepare.dataset import DatasetError
 
-    try:
-        cfg = load_config(EncodeConfig, argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"kdsr encode: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_encode(cfg)
-    except (StoreError, ModelError, DatasetError, TemplateError, PlanError) as e:
-        print(f"kdsr encode: error: {e}", file=sys.stderr)
-        return 1
-    if "://" not in cfg.output.path:
-        save_config(cfg, Path(cfg.output.path), name="encode-config.yaml")
-    print(json.dumps(summary))
-    return 0
+    def keep_config(cfg: EncodeConfig) -> None:
+        if "://" not in cfg.output.path:
+            save_config(cfg, Path(cfg.output.path), name="encode-config.yaml")
+
+    return run_stage("encode", __doc__, argv, EncodeConfig, run_encode,
+                     (StoreError, ModelError, DatasetError, TemplateError, PlanError), after=keep_config)
 
 
 if __name__ == "__main__":

@@ -5,36 +5,18 @@
 """
 from __future__ import annotations
 
-import json
-import logging
 import sys
 
-from kdsr.config import ConfigError, load_config
+from jobs._cli import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from feature_store.config import ImportConfig
     from feature_store.importer import FeatureImportError, run_import
     from feature_store.store import StoreError
     from kdsr.prepare.dataset import DatasetError
 
-    try:
-        cfg = load_config(ImportConfig, argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"kdsr import: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_import(cfg)
-    except (FeatureImportError, StoreError, DatasetError) as e:
-        print(f"kdsr import: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_stage("import", __doc__, argv, ImportConfig, run_import, (FeatureImportError, StoreError, DatasetError))
 
 
 if __name__ == "__main__":

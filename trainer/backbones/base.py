@@ -28,6 +28,26 @@ class Backbone(nn.Module):
         return h @ items.T
 
 
+class TransformerBackbone(Backbone):
+    """Learned absolute positions + LayerNorm + dropout on the input, then post-norm GELU Transformer
+    layers (RecBole's layout), shared by SASRec (causal mask) and BERT4Rec (bidirectional)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.hidden
+        self.pos = nn.Embedding(cfg.max_len, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.n_heads, dim_feedforward=4 * d, dropout=cfg.dropout, activation="gelu", batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) item representations -> (B, L, D) with positions, normalised, dropped out."""
+        return self.drop(self.norm(x + self.pos.weight[: x.size(1)]))
+
+
 def gather_at(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """h (B, L, D), index (B,) -> (B, D): the state at one position per sequence (e.g. its last item)."""
     return h[torch.arange(h.size(0), device=h.device), index]

@@ -9,28 +9,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.backbones.base import Backbone, register
+from trainer.backbones.base import TransformerBackbone, register
 
 
 @register("bert4rec")
-class BERT4Rec(Backbone):
+class BERT4Rec(TransformerBackbone):
     causal = False
 
     def __init__(self, cfg):
-        super().__init__()
-        d = cfg.hidden
-        self.pos = nn.Embedding(cfg.max_len, d)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d, cfg.n_heads, dim_feedforward=4 * d, dropout=cfg.dropout, activation="gelu", batch_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, d)  # the published output transform: dense + GELU + LayerNorm
-        self.head_norm = nn.LayerNorm(d)
+        super().__init__(cfg)
+        self.head = nn.Linear(cfg.hidden, cfg.hidden)  # the published output transform: dense + GELU + LayerNorm
+        self.head_norm = nn.LayerNorm(cfg.hidden)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        L = x.size(1)
-        x = self.drop(self.norm(x + self.pos.weight[:L]))  # (B, L, D)
+        x = self.embed(x)  # (B, L, D)
         h = self.encoder(x, src_key_padding_mask=pad)  # (B, L, D), padding never attended to
         return self.head_norm(F.gelu(self.head(h)))  # (B, L, D)
