@@ -74,6 +74,23 @@ def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
     return path
 
 
+def _rel(path: Path, base: Path) -> Path:
+    return path.relative_to(base) if path.is_relative_to(base) else path
+
+
+def _section(markdown: Path, heading: str) -> str:
+    """One `## ` section of another report (without its heading), with its headings demoted one level."""
+    lines = markdown.read_text().splitlines()
+    if heading not in lines:
+        return ""
+    body = []
+    for line in lines[lines.index(heading) + 1:]:
+        if line.startswith("## "):
+            break
+        body.append("#" + line if line.startswith("#") else line)
+    return "\n".join(body).strip()
+
+
 def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, runs: list[tuple[str, Path]]) -> Path:
     from feature_store.dissect.report import report as dissection_report
 
@@ -88,6 +105,9 @@ def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, r
     stage_lines = "\n".join(
         f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values())
     ranking = {r["ranking"] for r in rows if r["ranking"]}
+    budget_note = ("These runs use a shortened budget set for this pipeline, so they show the pipeline working, "
+                   "not the method's converged quality (bench/run_quality.py runs full budgets). "
+                   if any(o.startswith(("epochs=", "max_steps=")) for o in cfg.train_overrides) else "")
     text = f"""# {cfg.name}: pipeline report
 
 Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `kdsr pipeline`. Dataset `{ds.name}`:
@@ -98,15 +118,20 @@ split protocol `{stats.get('protocol')}`; evaluation: {', '.join(sorted(ranking)
 
 {markdown_table(rows)}
 
-Percentages: NDCG@10 relative to the first row. Budget and settings of each run are in its
+Percentages: NDCG@10 relative to the first row. {budget_note}Budget and settings of each run are in its
 `config.yaml`; the train overrides applied to every variant here: `{' '.join(cfg.train_overrides) or 'none'}`.
 
 ![training curves]({curves.name})
 
 ## What the encoder's correlations look like
 
-The dissection (facets of feature dimensions and correlation types) is reported in
-[dissection/]({evidence.relative_to(out) if evidence.is_relative_to(out) else evidence}).
+Dimension affinity of the reduced features, ordered by facet (bright blocks on the diagonal: dimensions
+that co-vary form one facet), and the item pairs closest to a few correlation types. The whole dissection
+report, with every code's centroid and share of pairs, is [here]({_rel(evidence, out)}).
+
+![facet heatmap]({_rel(evidence.parent / "heatmap.png", out)})
+
+{_section(evidence, "## Item pairs closest to a few centroids")}
 
 ## Stages
 
