@@ -36,6 +36,9 @@ class TransformerBackbone(Backbone):
         super().__init__()
         d = cfg.hidden
         self.pos = nn.Embedding(cfg.max_len, d)
+        # NOTE: std 0.02 like the item embeddings (RecBole's init). nn.Embedding's default N(0, 1) is 50x larger:
+        # after the LayerNorm the model then sees almost only the position and learns items very slowly.
+        nn.init.normal_(self.pos.weight, std=0.02)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(
