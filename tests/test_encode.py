@@ -16,6 +16,7 @@ from feature_store.encode import ResumeMismatchError, run_encode
 from feature_store.store import FeatureStore
 from jobs import encode as encode_job
 from kdsr.config import load_config
+from conftest import write_prepared
 from kdsr.prepare.dataset import PreparedDataset
 
 CONFIG = "configs/encode/beauty-minilm.yaml"
@@ -32,13 +33,7 @@ def make_prepared(path, data_dir, limit: int | None = None, extra: dict | None =
         "title",
         *[pl.Series(k, v) for k, v in (extra or {}).items()],
     )
-    path.mkdir(parents=True)
-    items.write_parquet(path / "items.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "original_id": ["u"]}).write_parquet(path / "users.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "item": pl.Series([1], dtype=pl.Int32), "timestamp": [0],
-                  "position": pl.Series([0], dtype=pl.Int32), "split": ["train"]}).write_parquet(path / "interactions.parquet")
-    (path / "stats.json").write_text(json.dumps({"name": path.name}))
-    return PreparedDataset.open(path)
+    return write_prepared(path, items)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Bring-your-own features: the real MISSRec CLIP matrices of Scientific-mm, plus .npy and Parquet sources."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import polars as pl
@@ -11,17 +10,12 @@ from feature_store.config import ImportConfig, OutputConfig
 from feature_store.importer import FeatureImportError, run_import
 from feature_store.store import FeatureStore, StoreError
 from jobs import import_features
-from kdsr.prepare.dataset import PreparedDataset
+from conftest import write_prepared
 
 
 def _write_dataset(path, ids: list[str]):
-    path.mkdir(parents=True)
-    pl.DataFrame({"item": pl.Series(range(1, len(ids) + 1), dtype=pl.Int32), "original_id": ids}).write_parquet(path / "items.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "original_id": ["u"]}).write_parquet(path / "users.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "item": pl.Series([1], dtype=pl.Int32), "timestamp": [0],
-                  "position": pl.Series([0], dtype=pl.Int32), "split": ["train"]}).write_parquet(path / "interactions.parquet")
-    (path / "stats.json").write_text(json.dumps({"name": path.name}))
-    return PreparedDataset.open(path)
+    items = pl.DataFrame({"item": pl.Series(range(1, len(ids) + 1), dtype=pl.Int32), "original_id": ids})
+    return write_prepared(path, items)
 
 
 @pytest.fixture(scope="module")
