@@ -18,13 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from bench._runs import REPO, derive, train  # noqa: E402
 
 BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sasrec-kd-nocode",
           "beauty-sasrec-kd-noasync", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
           "beauty-bert4rec", "beauty-bert4rec-fused", "beauty-bert4rec-kd"]
-SCIENTIFIC = ["scientific-mm-sasrec", "scientific-mm-sasrec-kd"]
+SCIENTIFIC = ["scientific-mm-sasrec", "scientific-mm-sasrec-fused", "scientific-mm-sasrec-kd"]
 
 
 def fmt(values: list[float]) -> str:
@@ -48,48 +50,76 @@ def main() -> None:
     ap.add_argument("--sci-image", default="runs/features/scientific-mm/image/clip-vit-b32.dissect.zarr")
     ap.add_argument("--work", default="runs/quality")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every run, e.g. max_steps=50")
+    ap.add_argument("--collect", action="store_true", help="only rebuild the results file from the runs in --work")
     args = ap.parse_args()
+    if args.collect:
+        return write_table(Path(args.work))
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(args.work)
-    for name in args.only or BEAUTY + SCIENTIFIC:
+    names = args.only or BEAUTY + SCIENTIFIC
+    configs = {}
+    for name in names:
         if name.startswith("beauty"):
-            cfg = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.beauty_data, {"text": args.beauty_text})
+            configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.beauty_data,
+                                   {"text": args.beauty_text})
         else:
-            cfg = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.sci_data,
-                         {"text": args.sci_text, "image": args.sci_image})
-        for seed in args.seeds:
+            configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.sci_data,
+                                   {"text": args.sci_text, "image": args.sci_image})
+    for seed in args.seeds:  # seeds outermost: a cut-short session still has every config at the first seeds
+        for name in names:
             out = work / f"{name}-s{seed}"
-            m = train(cfg, [f"out_dir={out}", f"seed={seed}", f"epochs={args.epochs}", f"patience={args.patience}",
-                            *args.extra], work / f"{name}-s{seed}.log")
+            done = out / "metrics.json"
+            if done.exists() and json.loads(done.read_text()).get("test"):
+                print(f"{name} seed {seed}: finished already ({done})", flush=True)
+                continue
+            m = train(configs[name], [f"out_dir={out}", f"seed={seed}", f"epochs={args.epochs}", f"patience={args.patience}",
+                                      *args.extra], work / f"{name}-s{seed}.log")
             print(f"{name} seed {seed}: test ndcg@10 {m['test']['ndcg@10']:.4f} hr@10 {m['test']['hr@10']:.4f} "
                   f"(epoch {m['selected_epoch']}, {m['wall_seconds']:.0f}s)", flush=True)
-    write_table(work, args)
+    write_table(work)
 
 
-def write_table(work: Path, args) -> None:
+def write_table(work: Path) -> None:
+    """Rebuild bench/results/quality.md from every finished run under `work` (budgets read from each run)."""
     runs: dict[str, list[dict]] = {}
     for p in sorted(work.glob("*-s*/metrics.json")):
         m = json.loads(p.read_text())
         if m.get("test"):
+            cfg = yaml.safe_load((p.parent / "config.yaml").read_text())
+            m["budget"] = f"{cfg['epochs']} / {cfg['patience']}"
             runs.setdefault(p.parent.name.rsplit("-s", 1)[0], []).append(m)
     lines = [
         "# Quality: distillation vs the same backbone without it",
         "",
-        f"Verified as of {time.strftime('%Y-%m-%d')} with `python bench/run_quality.py --epochs {args.epochs} "
-        f"--patience {args.patience} --seeds {' '.join(map(str, args.seeds))}{' --extra ' + ' '.join(args.extra) if args.extra else ''}`.",
+        f"Verified as of {time.strftime('%Y-%m-%d')} with `python bench/run_quality.py` (budgets per row; "
+        "`--collect` rebuilds this file from the runs).",
         "Leave-one-out, full ranking over all items, history items stay candidates; checkpoint selected on",
         "validation NDCG@10, test evaluated once. Recall@10 = HR@10 with one target. mean +- std over seeds.",
+        "Budget = max epochs / patience. Threads: 2 (OMP_NUM_THREADS), CPU only.",
         "",
-        "| config | seeds | test NDCG@10 | test Recall@10 | valid NDCG@10 | selected epochs | s / epoch |",
-        "|---|---|---|---|---|---|---|",
+        "| config | seeds | test NDCG@10 | test Recall@10 | valid NDCG@10 | selected epochs | budget | s / epoch | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     order = BEAUTY + SCIENTIFIC
-    for name in sorted(runs, key=lambda n: order.index(n) if n in order else len(order)):
+    names = sorted(runs, key=lambda n: order.index(n) if n in order else len(order))
+    for name in names:
         ms = runs[name]
         secs = [statistics.mean(h["seconds"] for h in m["valid_history"]) for m in ms]
         lines.append(f"| {name} | {len(ms)} | {fmt([m['test']['ndcg@10'] for m in ms])} | {fmt([m['test']['hr@10'] for m in ms])} | "
                      f"{fmt([m['best_valid_ndcg@10'] for m in ms])} | {', '.join(str(m['selected_epoch']) for m in ms)} | "
-                     f"{statistics.mean(secs):.1f} |")
+                     f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |")
+    lines += ["", "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):", ""]
+    for name in names:
+        if not name.endswith("-kd"):
+            continue
+        base = name[: -len("-kd")]
+        for ref in (base, base + "-fused"):
+            if ref in runs:
+                a, b = runs[name], runs[ref]
+                ma, mb = (statistics.mean(m["test"]["ndcg@10"] for m in x) for x in (a, b))
+                wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in zip(a, b))
+                lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
+                             f"higher in {wins} of {min(len(a), len(b))} seeds")
     out = REPO / "bench" / "results" / "quality.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())

@@ -170,11 +170,30 @@ def test_a_dataset_without_validation_cases_is_refused(tmp_path):
 def test_teacher_targets_in_workers_or_in_the_step_train_identically(tmp_path, toy):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = write_cfg(tmp_path / "a", toy, epochs=1, num_workers=1)
+    a = write_cfg(tmp_path / "a", toy, epochs=1, num_workers=1, teacher_in_workers=True)
     b = write_cfg(tmp_path / "b", toy, epochs=1, num_workers=0, teacher_in_workers=False)
     assert run(a) == 0 and run(b) == 0
     ma, mb = (json.loads((tmp_path / x / "run" / "metrics.json").read_text()) for x in "ab")
     assert ma["test"] == mb["test"]
+
+
+@pytest.mark.parametrize("setting, workers, device, cores, threads, procs, expected", [
+    (None, 1, "cpu", 2, 2, 1, False),  # this 2-core box: a worker would take a core from the step
+    (None, 1, "cpu", 4, 2, 1, True),
+    (None, 2, "cpu", 8, 2, 2, True),
+    (None, 2, "cpu", 8, 3, 2, False),
+    (None, 1, "cuda", 2, 2, 1, True),
+    (None, 0, "cuda", 16, 2, 1, False),  # no workers: nowhere to put them but the step
+    (True, 1, "cpu", 2, 2, 1, True),  # an explicit setting wins
+    (False, 1, "cuda", 16, 2, 1, False),
+])
+def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, threads, procs, expected):
+    from types import SimpleNamespace
+    monkeypatch.setattr(train_job.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(train_job.torch, "get_num_threads", lambda: threads)
+    cfg = SimpleNamespace(teacher_in_workers=setting, num_workers=workers)
+    acc = SimpleNamespace(device=torch.device(device), num_processes=procs)
+    assert train_job.teacher_in_workers(cfg, acc) is expected
 
 
 @pytest.mark.parametrize("overrides", [

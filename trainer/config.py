@@ -81,9 +81,11 @@ class TrainConfig(Config):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 pays off on GPUs; on CPU it is usually slower
     num_workers: int = Field(1, ge=0)  # DataLoader workers; teacher targets are computed there
-    # Compute teacher targets in the DataLoader's collate (ahead of the step, in workers) rather than
-    # inside the training step; off only for the ablation.
-    teacher_in_workers: bool = True
+    # Where teacher targets are computed: true = in the DataLoader workers, ahead of the step (the method's
+    # design); false = inside the step. None (auto): in the workers when they have cores of their own or the
+    # step runs on a GPU, else in the step; on a CPU box whose cores all run torch threads a worker only
+    # steals them (2 cores: +20% step time in a worker vs +9% in the step, bench/results/train.md).
+    teacher_in_workers: bool | None = None
     # Batch windows of similar length (sorted inside random chunks of 64 batches, batch order shuffled):
     # padding to the batch's own length instead of ~50 makes an epoch several times faster.
     bucket_by_length: bool = True

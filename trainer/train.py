@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import sys
@@ -59,6 +60,18 @@ class TrainerState:
     inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
 
 
+def teacher_in_workers(cfg: TrainConfig, acc: Accelerator) -> bool:
+    """Resolve `teacher_in_workers: null` (auto): workers pay off only when they do not take cores from the step."""
+    if cfg.teacher_in_workers is not None:
+        return cfg.teacher_in_workers
+    if cfg.num_workers == 0:
+        return False
+    if acc.device.type != "cpu":
+        return True
+    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads() * acc.num_processes
+    return spare >= cfg.num_workers * acc.num_processes
+
+
 class TrainRecipe:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out, self.state = cfg, Path(cfg.out_dir), TrainerState()
@@ -85,6 +98,9 @@ class TrainRecipe:
         loader = self._setup_train_data(ds.n_items, model.backbone.causal)
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, loader)
         self._setup_eval_data(model.backbone.causal)
+        if self.teachers:
+            where = "DataLoader workers" if self.teacher_in_workers else "training step"
+            self.accelerator.print(f"teacher targets are computed in the {where} (teacher_in_workers={cfg.teacher_in_workers})")
         # 5. Resume from checkpoints/last when there is one (model, optimizer, RNG, trainer state).
         self._resume_or_start(write_config)
 
@@ -100,7 +116,8 @@ class TrainRecipe:
         windows = self.seqs.train_windows(cfg.model.max_len, causal)
         self.train_set = TrainWindows(windows, n_items, causal, cfg.seed, cfg.model.mask_prob,
                                       cfg.optim.n_negatives if cfg.optim.loss == "bce" else 0)
-        collate = TrainCollate(self.teachers if cfg.teacher_in_workers else None)
+        self.teacher_in_workers = teacher_in_workers(cfg, self.accelerator)
+        collate = TrainCollate(self.teachers if self.teacher_in_workers else None)
         self.counts = {"items": n_items, "users": len(self.seqs.items), "train_windows": len(windows),
                        "train_positions": int(sum((w > 0).sum() - causal for w in windows))}
         return DataLoader(self.train_set, batch_size=cfg.optim.batch_size, sampler=EpochSampler(
@@ -201,7 +218,7 @@ class TrainRecipe:
         for i, batch in enumerate(loader, start=skip):
             # Dropout depends only on (seed, epoch, batch, rank): a resumed run replays it exactly.
             torch.manual_seed(((cfg.seed * 1_000_003 + st.epoch) * 1_000_003 + i) * 64 + acc.process_index)
-            if not cfg.teacher_in_workers and self.teachers:  # the ablation: targets inside the step
+            if not self.teacher_in_workers and self.teachers:  # targets inside the step
                 batch = {k: v.to(acc.device) for k, v in add_teacher_targets(batch, self.teachers).items()}
             with acc.accumulate(self.model):
                 terms = self.model(batch)
