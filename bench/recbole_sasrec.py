@@ -208,6 +208,20 @@ def keep_best_in_memory(trainer, model) -> dict:
     return best
 
 
+def record_validation(trainer) -> list[float]:
+    """Validation NDCG@10 after every epoch (eval_step 1), for the time-to-quality comparison."""
+    history = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded(*args, **kw):
+        score, result = valid_epoch(*args, **kw)
+        history.append(float(result["ndcg@10"]))
+        return score, result
+
+    trainer._valid_epoch = recorded
+    return history
+
+
 def metrics(result) -> dict:
     return {k: float(v) for k, v in (result or {}).items()}
 
@@ -277,6 +291,7 @@ def main(argv=None) -> dict:
             config["stopping_step"] = a.stopping_step
             model, trainer = build_trainer(config, train_data, a.epochs)
             best = keep_best_in_memory(trainer, model)
+            valid_history = record_validation(trainer)
             trainer.fit(train_data, valid_data=valid_data, saved=True, verbose=True)
             model.load_state_dict(best["state"])
             test = trainer.evaluate(test_data, load_best_model=False)
@@ -287,6 +302,7 @@ def main(argv=None) -> dict:
                 "median_epoch_s": round(float(np.median(times[1:] or times)), 3),
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "valid": metrics(trainer.best_valid_result), "test": metrics(test),
+                "valid_ndcg10_history": valid_history,
             }
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     finally:

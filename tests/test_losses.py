@@ -69,6 +69,21 @@ def test_code_loss_matches_brute_force_over_all_ordered_pairs():
     assert float(loss(v, codes, pm)) == pytest.approx(sum(ces) / len(ces), rel=1e-5)
 
 
+def test_code_loss_in_chunks_equals_one_pass_with_the_same_gradients():
+    v, _, codes, pm = batch(seed=3)
+    v.requires_grad_(True)
+    whole, chunked = CodeLoss(8, 5), CodeLoss(8, 5, chunk=3)
+    chunked.load_state_dict(whole.state_dict())
+    assert int(torch.triu(pm, 1).sum()) > 3 * 2  # several chunks really run
+    grads = []
+    for m in (whole, chunked):
+        loss = m(v, codes, pm)
+        grads.append((float(loss), torch.autograd.grad(loss, [v, *m.parameters()])))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_no_pairs_gives_zero_loss_and_finite_zero_gradients():
     v, sim, codes, pm = batch()
     v.requires_grad_(True)

@@ -80,17 +80,29 @@ class HolisticLoss(nn.Module):
 class CodeLoss(nn.Module):
     """Dissected correlation: logits_ij = MLP(|V_i - V_j|) (d -> d -> ReLU -> K), cross-entropy against the
     teacher's correlation type code(i, j), averaged over the masked pairs. |V_i - V_j| and the codes are
-    symmetric, so each unordered pair is taken once (i < j): the same mean at half the cost.
+    symmetric, so each unordered pair is taken once (i < j): the same mean at half the cost. Pairs go
+    through the MLP `chunk` at a time under activation checkpointing: a batch of 256 full-length histories
+    has ~300k pairs, whose d-wide activations would otherwise hold ~0.6 GB until the backward.
     forward(v (B, L, d), codes (B, L, L) long, pair_mask (B, L, L)) -> scalar.
     """
 
-    def __init__(self, dim: int, n_codes: int):
+    def __init__(self, dim: int, n_codes: int, chunk: int = 32768):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, n_codes))
+        self.chunk = chunk
+
+    def _ce_sum(self, v: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        logits = self.mlp((v[b, i] - v[b, j]).abs())  # (P, K)
+        return F.cross_entropy(logits.float(), codes, reduction="sum")
 
     def forward(self, v: torch.Tensor, codes: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         b, i, j = torch.triu(pair_mask, diagonal=1).nonzero(as_tuple=True)  # gather only real pairs
-        logits = self.mlp((v[b, i] - v[b, j]).abs())  # (P, K)
-        if logits.size(0) == 0:
-            return logits.sum() * 0.0  # keeps the MLP in the graph (DDP) with a zero gradient
-        return F.cross_entropy(logits.float(), codes[b, i, j])
+        n = b.numel()
+        if n == 0:
+            return self.mlp(v[:0, 0]).sum() * 0.0  # keeps the MLP in the graph (DDP) with a zero gradient
+        target = codes[b, i, j]
+        if n <= self.chunk:
+            return self._ce_sum(v, b, i, j, target) / n
+        total = sum(checkpoint(self._ce_sum, v, b[k : k + self.chunk], i[k : k + self.chunk], j[k : k + self.chunk],
+                               target[k : k + self.chunk], use_reentrant=False) for k in range(0, n, self.chunk))
+        return total / n
