@@ -6,7 +6,7 @@ features fused but no distillation (the two-stage baseline), and with distillati
         [--sci-data runs/data/scientific-mm --sci-text ... --sci-image ...]
 
 Every run selects its checkpoint on validation NDCG@10 and evaluates test once. Writes
-bench/results/quality.md (appending nothing: the table is rebuilt from all runs found under --work).
+bench/results/<name of --work>.md, e.g. quality.md (the table is rebuilt from all runs found under --work).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def main() -> None:
 
 
 def write_table(work: Path) -> None:
-    """Rebuild bench/results/quality.md from every finished run under `work` (budgets read from each run)."""
+    """Rebuild bench/results/<work.name>.md from every finished run under `work` (budgets read from each run)."""
     runs: dict[str, list[dict]] = {}
     for p in sorted(work.glob("*-s*/metrics.json")):
         m = json.loads(p.read_text())
@@ -120,7 +120,7 @@ def write_table(work: Path) -> None:
                 wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in zip(a, b))
                 lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
                              f"higher in {wins} of {min(len(a), len(b))} seeds")
-    out = REPO / "bench" / "results" / "quality.md"
+    out = REPO / "bench" / "results" / f"{work.name}.md"  # runs/quality -> quality.md
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from .config import CodebookConfig
@@ -101,6 +100,8 @@ def fit_codebook(sims: np.ndarray, cfg: CodebookConfig, seed: int) -> tuple[np.n
         raise CodebookError(f"codebook.n_codes={cfg.n_codes} is larger than the {distinct} distinct facet-similarity vectors")
     # One OpenMP thread: with F = 8 columns there is nothing to share out, and on a busy machine sklearn's
     # threaded k-means spins (measured 12x slower on 2 loaded cores); it also makes the fit machine-independent.
+    from sklearn.cluster import MiniBatchKMeans  # here, not at the top: the trainer's teacher imports this module
+
     with threadpool_limits(1):
         km = MiniBatchKMeans(
             n_clusters=cfg.n_codes,

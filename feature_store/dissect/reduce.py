@@ -11,7 +11,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from sklearn.utils.extmath import randomized_svd
 
 from feature_store.store import FeatureStore, StoreError
 
@@ -117,6 +116,8 @@ def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int,
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals, evecs = evals.flip(0)[: cfg.dim].clamp_min(0), evecs.flip(1)[:, : cfg.dim]
     else:  # a full eigh of 4096 x 4096 takes minutes on 2 cores; the top d by randomized power iteration take seconds
+        from sklearn.utils.extmath import randomized_svd  # here: the trainer's teacher imports this module
+
         vecs, vals, _ = randomized_svd(cov.numpy(), cfg.dim, n_oversamples=64, n_iter=8, random_state=seed)
         evals, evecs = torch.from_numpy(vals).clamp_min(0), torch.from_numpy(vecs)
     # sign convention: the largest-magnitude entry of each component is positive (deterministic output)
