@@ -22,6 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from bench._runs import REPO, derive, train  # noqa: E402
+from trainer.retention import run_retention  # noqa: E402
 
 BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sasrec-kd-nocode",
           "beauty-sasrec-kd-noasync", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
@@ -79,34 +80,6 @@ def main() -> None:
     write_table(work)
 
 
-def modality_retention(run: Path, n_pairs: int = 200_000) -> dict[str, tuple[float, float]]:
-    """How much of the encoder's information each trained table V^m kept (the modality forgetting the async
-    step and the distillation are meant to prevent): per modality, (mean cos(V_i, X_i) over items, Pearson
-    r between cos(V_i, V_j) and cos(X_i, X_j) over random item pairs), X = the stored features V^m started from."""
-    import torch
-    from safetensors.torch import load_file
-
-    from kdsr.prepare.dataset import PreparedDataset
-    from trainer.features import load_features
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if not cfg.get("modalities"):
-        return {}
-    weights = load_file(run / "best" / "model.safetensors")
-    ids = PreparedDataset.open(cfg["dataset"]).item_original_ids()
-    gen = torch.Generator().manual_seed(0)
-    out = {}
-    for m in cfg["modalities"]:
-        x = load_features(m["features"], ids)[1:]
-        v = weights[f"modal.{m['name']}"][1 : len(x) + 1]
-        keep = x.norm(dim=1) > 0
-        x, v = torch.nn.functional.normalize(x[keep], dim=1), torch.nn.functional.normalize(v[keep], dim=1)
-        i, j = torch.randint(len(x), (2, n_pairs), generator=gen)
-        pair = torch.stack([(x[i] * x[j]).sum(1), (v[i] * v[j]).sum(1)])
-        out[m["name"]] = (float((x * v).sum(1).mean()), float(torch.corrcoef(pair)[0, 1]))
-    return out
-
-
 def write_table(work: Path) -> None:
     """Rebuild bench/results/<work.name>.md from every finished run under `work` (budgets read from each run)."""
     runs: dict[str, list[dict]] = {}
@@ -137,12 +110,12 @@ def write_table(work: Path) -> None:
                      f"{fmt([m['best_valid_ndcg@10'] for m in ms])} | {', '.join(str(m['selected_epoch']) for m in ms)} | "
                      f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |")
     lines += ["", "What the trained modality tables kept of the encoder (first seed of each run with features; "
-              "`modality_retention`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
+              "`trainer/retention.py`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
               "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten.", "",
               "| config | modality | row cos(V, X) | pair-cosine r |", "|---|---|---|---|"]
     for name in names:
         first = sorted(work.glob(f"{name}-s*/best/model.safetensors"))
-        for modality, (row, pair) in (modality_retention(first[0].parent.parent) if first else {}).items():
+        for modality, (row, pair) in (run_retention(first[0].parent.parent) if first else {}).items():
             lines.append(f"| {name} | {modality} | {row:.3f} | {pair:.3f} |")
     lines += ["", "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):", ""]
     for name in names:

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kdsr.prepare.dataset import PreparedDataset  # noqa: E402
+from trainer.retention import run_retention  # noqa: E402
 
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 
@@ -37,20 +38,23 @@ def comparison_rows(runs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
         rows.append({"label": label, "run": str(run_dir), **{k: test.get(k) for k in TABLE_METRICS},
                      "selected_epoch": m.get("selected_epoch"), "epochs": len(hist),
                      "sec_per_epoch": sum(secs) / len(secs) if secs else None,
-                     "ranking": (m.get("protocol") or {}).get("ranking")})
+                     "ranking": (m.get("protocol") or {}).get("ranking"),
+                     "retention": run_retention(run_dir) if (Path(run_dir) / "best").exists() else {}})
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | selected epoch / run | s per epoch |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | selected epoch / run | s per epoch "
+            "| encoder kept (pair-cosine r) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     base = rows[0]["ndcg@10"] if rows and rows[0]["ndcg@10"] else None
     for r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "n/a" for k in TABLE_METRICS]
         if base and r is not rows[0] and isinstance(r["ndcg@10"], float):
             cells[1] += f" ({(r['ndcg@10'] / base - 1) * 100:+.1f}%)"
         spe = f"{r['sec_per_epoch']:.1f}" if r["sec_per_epoch"] else "n/a"
-        lines.append(f"| {r['label']} | {' | '.join(cells)} | {r['selected_epoch']} / {r['epochs']} | {spe} |")
+        kept = ", ".join(f"{m} {pair:.2f}" for m, (_, pair) in r.get("retention", {}).items()) or "-"
+        lines.append(f"| {r['label']} | {' | '.join(cells)} | {r['selected_epoch']} / {r['epochs']} | {spe} | {kept} |")
     return "\n".join(lines)
 
 
@@ -118,7 +122,10 @@ split protocol `{stats.get('protocol')}`; evaluation: {', '.join(sorted(ranking)
 
 {markdown_table(rows)}
 
-Percentages: NDCG@10 relative to the first row. {budget_note}Budget and settings of each run are in its
+Percentages: NDCG@10 relative to the first row. Encoder kept: Pearson r between item-pair cosines of the
+trained modality table and of the stored features it started from (1.0 = nothing forgotten;
+`trainer/retention.py`), the modality forgetting that distillation and the slow step are meant to prevent.
+{budget_note}Budget and settings of each run are in its
 `config.yaml`; the train overrides applied to every variant here: `{' '.join(cfg.train_overrides) or 'none'}`.
 
 ![training curves]({curves.name})

@@ -38,6 +38,10 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     rows = json.loads((out / "comparison.json").read_text())
     assert [r["label"] for r in rows] == ["ID only", "distilled"]
     assert all(0 <= r["ndcg@10"] <= r["hr@10"] <= 1 for r in rows)  # measured, in range
+    assert rows[0]["retention"] == {}  # ID only: no modality table
+    row_cos, pair_r = rows[1]["retention"]["text"]  # 8 slow steps barely move V^m away from the features
+    assert 0.95 < row_cos <= 1.0 + 1e-6 and 0.95 < pair_r <= 1.0 + 1e-6
+    assert f"| text {pair_r:.2f} |" in report
     assert (out / "training_curves.png").stat().st_size > 10_000
     # the distilled run read the dissection this pipeline built, not the path in the shipped config
     kd_cfg = yaml.safe_load((out / "kd" / "config.yaml").read_text())
