@@ -100,7 +100,8 @@ class TrainRecipe:
         self._setup_eval_data(model.backbone.causal)
         if self.teachers:
             where = "DataLoader workers" if self.teacher_in_workers else "training step"
-            self.accelerator.print(f"teacher targets are computed in the {where} (teacher_in_workers={cfg.teacher_in_workers})")
+            setting = "auto" if cfg.teacher_in_workers is None else cfg.teacher_in_workers
+            self.accelerator.print(f"teacher targets are computed in the {where} (teacher_in_workers: {setting})")
         # 5. Resume from checkpoints/last when there is one (model, optimizer, RNG, trainer state).
         self._resume_or_start(write_config)
 
