@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ BENCHES = {
                                  "--ours-epochs", "10"]),
     "dissect": ("dissect.md", [sys.executable, "bench/bench_dissect.py"]),
     "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
+    "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
+    "quality-reading": ("quality_reading.md", None),  # by hand: what the quality runs say
     "recbole": ("recbole.md", None),  # bench/recbole_sasrec.py notes from its first measurement
 }
 
@@ -67,6 +70,8 @@ def collect() -> Path:
             shift = 2 - min(levels, default=2)
             text = "\n".join(("#" * (len(line) - len(line.lstrip("#")) + shift) + line.lstrip("#"))
                              if line.startswith("#") else line for line in text.splitlines())
+            # links between result files are relative to bench/results/; this page sits one level up
+            text = re.sub(r"\]\((?!https?:|/|#|results/)([^)]+)\)", r"](results/\1)", text)
             parts += [text, ""]
         else:
             parts += [f"## {name}", "", f"Not measured yet (`bench/results/{file}` is missing).", ""]

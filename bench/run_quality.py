@@ -90,7 +90,7 @@ def write_table(work: Path) -> None:
             m["budget"] = f"{cfg['epochs']} / {cfg['patience']}"
             runs.setdefault(p.parent.name.rsplit("-s", 1)[0], []).append(m)
     lines = [
-        "# Quality: distillation vs the same backbone without it",
+        "# Quality: distillation vs the same backbone without it" + ("" if work.name == "quality" else f" ({work.name})"),
         "",
         f"Verified as of {time.strftime('%Y-%m-%d')} with `python bench/run_quality.py` (budgets per row; "
         "`--collect` rebuilds this file from the runs).",
@@ -129,6 +129,9 @@ def write_table(work: Path) -> None:
                 wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in zip(a, b))
                 lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
                              f"higher in {wins} of {min(len(a), len(b))} seeds")
+    notes = REPO / "bench" / "results" / f"{work.name}_reading.md"  # written by hand: what the numbers say
+    if notes.exists():
+        lines += ["", f"What these numbers say, and what was tried: [{notes.name}]({notes.name})."]
     out = REPO / "bench" / "results" / f"{work.name}.md"  # runs/quality -> quality.md
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
