@@ -60,12 +60,9 @@ def main() -> None:
     names = args.only or BEAUTY + SCIENTIFIC
     configs = {}
     for name in names:
-        if name.startswith("beauty"):
-            configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.beauty_data,
-                                   {"text": args.beauty_text})
-        else:
-            configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", args.sci_data,
-                                   {"text": args.sci_text, "image": args.sci_image})
+        data, features = ((args.beauty_data, {"text": args.beauty_text}) if name.startswith("beauty")
+                          else (args.sci_data, {"text": args.sci_text, "image": args.sci_image}))
+        configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", data, features)
     for seed in args.seeds:  # seeds outermost: a cut-short session still has every config at the first seeds
         for name in names:
             out = work / f"{name}-s{seed}"
@@ -88,7 +85,8 @@ def write_table(work: Path) -> None:
         if m.get("test"):
             cfg = yaml.safe_load((p.parent / "config.yaml").read_text())
             m["budget"] = f"{cfg['epochs']} / {cfg['patience']}"
-            runs.setdefault(p.parent.name.rsplit("-s", 1)[0], []).append(m)
+            name, m["seed"] = p.parent.name.rsplit("-s", 1)
+            runs.setdefault(name, []).append(m)
     lines = [
         "# Quality: distillation vs the same backbone without it" + ("" if work.name == "quality" else f" ({work.name})"),
         "",
@@ -126,9 +124,10 @@ def write_table(work: Path) -> None:
             if ref in runs:
                 a, b = runs[name], runs[ref]
                 ma, mb = (statistics.mean(m["test"]["ndcg@10"] for m in x) for x in (a, b))
-                wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in zip(a, b))
+                pairs = [(x, y) for x in a for y in b if x["seed"] == y["seed"]]
+                wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in pairs)
                 lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
-                             f"higher in {wins} of {min(len(a), len(b))} seeds")
+                             f"higher in {wins} of {len(pairs)} seeds")
     notes = REPO / "bench" / "results" / f"{work.name}_reading.md"  # written by hand: what the numbers say
     if notes.exists():
         lines += ["", f"What these numbers say, and what was tried: [{notes.name}]({notes.name})."]

@@ -80,7 +80,7 @@ class TrainConfig(Config):
     max_steps: int | None = Field(None, gt=0)  # cap on optimizer steps per epoch (smoke runs, tests)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 pays off on GPUs; on CPU it is usually slower
-    num_workers: int = Field(1, ge=0)  # DataLoader workers; teacher targets are computed there
+    num_workers: int = Field(1, ge=0)  # DataLoader workers (batching; teacher targets too, see below)
     # Where teacher targets are computed: true = in the DataLoader workers, ahead of the step (the method's
     # design); false = inside the step. None (auto): in the workers when they have cores of their own or the
     # step runs on a GPU, else in the step; on a CPU box whose cores all run torch threads a worker only
