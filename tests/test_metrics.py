@@ -57,8 +57,9 @@ def test_exclude_history_removes_seen_items_and_a_seen_target():
     ranks, _ = metrics(scores, [[3], [1]], seen=[[1, 2], [1, 0]])
     # user 0: items 1, 2 excluded -> target 3 first; user 1: its target was seen -> excluded, a miss
     assert ranks[0].tolist() == [0] and ranks[1].item() >= 4
-    _, m = metrics(scores, [[3], [1]], seen=[[1, 2], [1, 0]])
+    _, m = metrics(scores, [[3], [1]], seen=[[1, 2], [1, 0]], ks=[5, 10])
     assert m["hr@5"] == [1.0, 0.0]
+    assert m["hr@10"] == [1.0, 0.0] and m["ndcg@10"][1] == 0.0  # a miss even when K exceeds the catalog
 
 
 def test_sampled_mode_ranks_against_negatives_only():

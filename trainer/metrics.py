@@ -36,12 +36,15 @@ def candidate_scores(scores: torch.Tensor, seen: torch.Tensor | None = None, rel
     return scores
 
 
+MISS = 1 << 40  # the rank of an excluded target
+
+
 def target_ranks(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """scores (B, C), relevant (B, T) item ids with 0 = padding -> (B, T) pessimistic ranks (-1 at padding).
-    A target at -inf (excluded) ranks behind every candidate."""
+    A target at -inf (excluded) gets a rank past any K, a miss even in a catalog smaller than K."""
     s_t = scores.gather(1, relevant)  # (B, T)
     ranks = torch.stack([(scores >= s_t[:, t : t + 1]).sum(1) - 1 for t in range(relevant.size(1))], dim=1)
-    ranks = torch.where(torch.isfinite(s_t), ranks, torch.full_like(ranks, scores.size(1)))
+    ranks = torch.where(torch.isfinite(s_t), ranks, torch.full_like(ranks, MISS))
     return ranks.masked_fill(relevant == 0, -1)
 
 
