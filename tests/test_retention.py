@@ -2,10 +2,12 @@
 and ignores content-less rows."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from trainer.retention import table_retention
+from trainer.retention import next_item_knn, table_retention
 
 
 def test_untouched_or_rescaled_table_kept_everything():
@@ -30,3 +32,18 @@ def test_content_less_rows_are_left_out():
     x[:100] = 0.0  # masked items start at zero; whatever they learn says nothing about forgetting
     trained[:100] = torch.randn(100, 8)
     assert table_retention(x, trained) == pytest.approx((1.0, 1.0), abs=1e-5)
+
+
+def test_next_item_knn_scores_a_table_by_its_nearest_neighbours():
+    # items 1..6 on a circle in 2-d: each item's nearest unseen neighbour is the next one along
+    angle = torch.arange(6, dtype=torch.float) * (torch.pi / 3.5)
+    table = torch.cat([torch.zeros(1, 2), torch.stack([angle.cos(), angle.sin()], 1)])
+    assert next_item_knn(table, [[1, 2], [2, 3], [4, 5]], [[3], [4], [6]]) == pytest.approx(1.0)
+    assert next_item_knn(table, [[1, 2]], [[2]]) == 0.0  # a target in the history is excluded: a miss
+
+
+def test_next_item_knn_counts_ties_against_the_target_and_skips_content_less_rows():
+    # last item 1 = (1, 0); item 4 is closer than the target 2; item 3 ties with it (cos 0 both); item 5 has
+    # no content (zero row, score 0: a tie too). Rank 3 -> NDCG 1 / log2(5)
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert next_item_knn(table, [[1]], [[2]]) == pytest.approx(1 / math.log2(5))

@@ -4,6 +4,9 @@ that the asynchronous step and the distillation are there to prevent (DESIGN.md 
 Per modality: the mean cosine of each item's trained row with the stored feature it started from, and the
 Pearson r between item-pair cosines in the trained table and in the stored features over random pairs (the
 correlation structure the distillation supervises). 1.0 = nothing forgotten.
+
+Forgetting is only a fault if what was kept helps ranking, so `next_item_knn` also measures how much
+next-item signal a table holds by itself: rank every item by cosine to the user's last item.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from kdsr.prepare.dataset import PreparedDataset
+from trainer.data import UserSequences
 from trainer.features import load_features
+from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 
 
 def table_retention(start: torch.Tensor, trained: torch.Tensor, n_pairs: int = 200_000, seed: int = 0) -> tuple[float, float]:
@@ -40,4 +45,42 @@ def run_retention(run_dir: str | Path) -> dict[str, tuple[float, float]]:
     for m in cfg["modalities"]:
         start = load_features(m["features"], ids)[1:]  # row 0 is padding
         out[m["name"]] = table_retention(start, weights[f"modal.{m['name']}"][1 : len(start) + 1])
+    return out
+
+
+@torch.no_grad()
+def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, batch: int = 1024) -> float:
+    """NDCG@k of ranking all items by cos(table[last history item], table[j]), history items excluded (the
+    last item is its own nearest neighbour). table (N + 1, d) with row 0 = padding; histories / targets:
+    per-user id arrays, the first target counts (leave-one-out). Content-less (zero) rows score 0."""
+    t = F.normalize(table.float(), dim=1)
+    t[0] = 0.0
+    total = 0.0
+    for s in range(0, len(histories), batch):
+        hist = histories[s : s + batch]
+        seen = torch.zeros(len(hist), max(len(h) for h in hist), dtype=torch.long)
+        for row, h in enumerate(hist):
+            seen[row, : len(h)] = torch.as_tensor(h)
+        last = torch.as_tensor([int(h[-1]) for h in hist])
+        rel = torch.as_tensor([[int(r[0])] for r in targets[s : s + batch]])
+        ranks = target_ranks(candidate_scores(t[last] @ t.T, seen=seen), rel)
+        total += float(ranking_metrics(ranks, [k])[f"ndcg@{k}"].sum())
+    return total / len(histories)
+
+
+def run_knn(run_dir: str | Path, split: str = "valid") -> dict[str, float]:
+    """{"stored <m>", "trained <m>": next-item kNN NDCG@10} for a finished run's modality tables, before and
+    after training; {} without modalities."""
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if not cfg.get("modalities"):
+        return {}
+    weights = load_file(run_dir / "best" / "model.safetensors")
+    ds = PreparedDataset.open(cfg["dataset"])
+    hist, rel, _ = UserSequences.from_dataset(ds).eval_cases(split)
+    out = {}
+    for m in cfg["modalities"]:
+        start = load_features(m["features"], ds.item_original_ids())
+        out[f"stored {m['name']}"] = next_item_knn(start, hist, rel)
+        out[f"trained {m['name']}"] = next_item_knn(weights[f"modal.{m['name']}"][: len(start)], hist, rel)
     return out
