@@ -109,3 +109,26 @@ def test_position_embeddings_start_at_the_item_embeddings_scale(name):
     torch.manual_seed(0)
     model = build_backbone(ModelConfig(backbone=name, hidden=64, n_heads=2))
     assert 0.01 < float(model.pos.weight.std()) < 0.05
+
+
+@pytest.mark.parametrize("score_items", ["fused", "id"])
+def test_score_items_picks_the_candidates_and_so_which_feature_rows_the_softmax_moves(score_items):
+    torch.manual_seed(0)
+    feats = {"text": torch.cat([torch.zeros(1, 8), torch.randn(N, 8)])}
+    model = Student(N, cfg("sasrec", score_items=score_items), feats, distill=DistillConfig()).eval()
+    batch = toy_batch(causal=True)
+    seen = torch.unique(torch.cat([batch["inputs"].flatten(), batch["targets"].flatten()]))
+    unseen = torch.tensor([i for i in range(1, N + 1) if i not in set(seen.tolist())])
+    assert unseen.numel() > 0  # the toy batch leaves some items out
+    model(batch)["rec"].backward()
+    grad = model.modal["text"].grad
+    if score_items == "fused":  # every candidate's fused row is in the softmax: every feature row moves
+        assert (grad[unseen].abs().sum(1) > 0).all()
+    else:  # features reach the loss only through the input rows of the sequences
+        assert torch.equal(grad[unseen], torch.zeros_like(grad[unseen]))
+    history = batch["inputs"][:2]
+    lengths = (history > 0).sum(1)
+    table = model.item_table()
+    expected = model.id_emb.weight[: N + 1] if score_items == "id" else table[: N + 1]
+    h = model.encode(history, table)[torch.arange(2), lengths - 1]
+    assert torch.allclose(model.scores(history, lengths), h @ expected.T, atol=1e-5)

@@ -22,6 +22,10 @@ class ModelConfig(Config):
     # How modality tables V^m join the ID embedding: sum of projections, concatenation + projection, or the
     # paper's learned softmax gate over [ID, V^1, ...]. Ignored when there are no modalities.
     fusion: Literal["sum", "concat", "gate"] = "gate"
+    # Which item representations score the candidates: "fused", the same fused rows the backbone reads (the
+    # features shape the ranking and every step's softmax moves every V^m row); "id", the ID embeddings alone,
+    # as DESIGN.md 2.4 has the released code (the features reach the ranking only through the input side).
+    score_items: Literal["fused", "id"] = "fused"
 
 
 class ModalityConfig(Config):

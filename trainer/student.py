@@ -1,8 +1,9 @@
 """The student: ID embeddings, per-modality item tables V^m (initialised from the stored features), their
 fusion into the item representation a backbone consumes, and the distillation heads that supervise V^m.
 
-The fused table of all items is built once per step and used twice: as the backbone's input (rows of the
-sequence) and as the output embeddings that score every candidate, so the features shape the ranking.
+The fused table of all items is built once per step and used as the backbone's input (rows of the
+sequence) and, by default, as the output embeddings that score every candidate, so the features shape the
+ranking; `model.score_items: id` scores with the ID embeddings alone instead.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class Student(nn.Module):
     def __init__(self, n_items: int, cfg, features: dict[str, torch.Tensor], heads=None, n_codes=None,
                  distill=None, loss: str = "ce"):
         super().__init__()
-        self.n_items, self.loss = n_items, loss
+        self.n_items, self.loss, self.score_items = n_items, loss, cfg.score_items
         self.backbone = build_backbone(cfg)
         self.mask_token = None if self.backbone.causal else n_items + 1  # BERT4Rec's [MASK]
         rows = n_items + 1 + (0 if self.backbone.causal else 1)
@@ -87,6 +88,10 @@ class Student(nn.Module):
             mods = [torch.cat([v, v.new_zeros(1, v.size(1))]) for v in mods]
         return self.fusion(ids, mods)
 
+    def candidates(self, table: torch.Tensor) -> torch.Tensor:
+        """(N + 1, D) representations that score the items (row 0 = padding, never a candidate)."""
+        return (self.id_emb.weight if self.score_items == "id" else table)[: self.n_items + 1]
+
     def encode(self, inputs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """inputs (B, L) right-padded ids -> (B, L, D) sequence states."""
         return self.backbone(table[inputs], inputs == 0)
@@ -103,17 +108,18 @@ class Student(nn.Module):
         else:
             at = lengths - 1
         h = gather_at(self.encode(history, table), at)  # (B, D)
-        return self.backbone.score(h, table[: self.n_items + 1])
+        return self.backbone.score(h, self.candidates(table))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         table = self.item_table()
         h = self.encode(batch["inputs"], table)  # (B, L, D)
         where = batch["targets"] > 0
         out = {}
+        items = self.candidates(table)
         if self.loss == "ce":
-            out["rec"] = full_softmax_ce(h[where], table[: self.n_items + 1], batch["targets"][where])
+            out["rec"] = full_softmax_ce(h[where], items, batch["targets"][where])
         else:
-            out["rec"] = sampled_bce(h[where], table, batch["targets"][where], batch["negatives"][where])
+            out["rec"] = sampled_bce(h[where], items, batch["targets"][where], batch["negatives"][where])
         for m, head in self.hol.items():
             v = self.modal[m][batch["items"]]  # (B, L, d)
             out[f"hol/{m}"] = head(v, batch[f"{m}.sim"], batch[f"{m}.pair_mask"])
