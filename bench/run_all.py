@@ -33,6 +33,8 @@ BENCHES = {
     "dissect": ("dissect.md", [sys.executable, "bench/bench_dissect.py"]),
     "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
     "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
+    "quality-ablations": ("quality-ablations.md", None),  # SASRec ablations and why-probes, more seeds
+    "quality-backbones": ("quality-backbones.md", None),  # GRU4Rec / BERT4Rec: ID only, fused, distilled
     "quality-reading": ("quality_reading.md", None),  # by hand: what the quality runs say
     "recbole": ("recbole.md", None),  # bench/recbole_sasrec.py notes from its first measurement
 }

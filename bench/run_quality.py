@@ -22,10 +22,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from bench._runs import REPO, derive, train  # noqa: E402
-from trainer.retention import run_retention  # noqa: E402
+from trainer.retention import run_knn, run_retention  # noqa: E402
 
 BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sasrec-kd-nocode",
-          "beauty-sasrec-kd-noasync", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
+          "beauty-sasrec-kd-noasync", "beauty-sasrec-kd-ramp-early", "beauty-sasrec-kd-w05",
+          "beauty-sasrec-fused-sum", "beauty-sasrec-kd-sum", "beauty-sasrec-fused-idout",
+          "beauty-sasrec-kd-idout", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
           "beauty-bert4rec", "beauty-bert4rec-fused", "beauty-bert4rec-kd"]
 SCIENTIFIC = ["scientific-mm-sasrec", "scientific-mm-sasrec-fused", "scientific-mm-sasrec-kd"]
 
@@ -70,11 +72,24 @@ def main() -> None:
             if done.exists() and json.loads(done.read_text()).get("test"):
                 print(f"{name} seed {seed}: finished already ({done})", flush=True)
                 continue
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench.json").write_text(json.dumps({"threads": args.threads}))
             m = train(configs[name], [f"out_dir={out}", f"seed={seed}", f"epochs={args.epochs}", f"patience={args.patience}",
                                       *args.extra], work / f"{name}-s{seed}.log")
             print(f"{name} seed {seed}: test ndcg@10 {m['test']['ndcg@10']:.4f} hr@10 {m['test']['hr@10']:.4f} "
                   f"(epoch {m['selected_epoch']}, {m['wall_seconds']:.0f}s)", flush=True)
     write_table(work)
+
+
+MODEL_VARIANTS = {"-sum", "-concat", "-idout"}  # fusion, candidate scoring
+
+
+def baselines(name: str) -> list[str]:
+    """What a distilled run is compared with: the same backbone ID only, and fused without distillation;
+    a variant that changes the model itself (beauty-sasrec-kd-sum) against the fused run with that change."""
+    base, _, variant = name.partition("-kd")
+    fused = f"{base}-fused{variant}" if variant in MODEL_VARIANTS else f"{base}-fused"
+    return [base, fused]
 
 
 def write_table(work: Path) -> None:
@@ -86,6 +101,8 @@ def write_table(work: Path) -> None:
             cfg = yaml.safe_load((p.parent / "config.yaml").read_text())
             m["budget"] = f"{cfg['epochs']} / {cfg['patience']}"
             name, m["seed"] = p.parent.name.rsplit("-s", 1)
+            info = p.parent / "bench.json"  # absent for runs made before it was written: they used 2 threads
+            m["threads"] = json.loads(info.read_text())["threads"] if info.exists() else 2
             runs.setdefault(name, []).append(m)
     lines = [
         "# Quality: distillation vs the same backbone without it" + ("" if work.name == "quality" else f" ({work.name})"),
@@ -94,7 +111,8 @@ def write_table(work: Path) -> None:
         "`--collect` rebuilds this file from the runs).",
         "Leave-one-out, full ranking over all items, history items stay candidates; checkpoint selected on",
         "validation NDCG@10, test evaluated once. Recall@10 = HR@10 with one target. mean +- std over seeds.",
-        "Budget = max epochs / patience. Threads: 2 (OMP_NUM_THREADS), CPU only.",
+        f"Budget = max epochs / patience. Threads per run (OMP_NUM_THREADS): "
+        f"{', '.join(map(str, sorted({m['threads'] for ms in runs.values() for m in ms})))}; CPU only.",
         "",
         "| config | seeds | test NDCG@10 | test Recall@10 | valid NDCG@10 | selected epochs | budget | s / epoch | peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -109,18 +127,23 @@ def write_table(work: Path) -> None:
                      f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |")
     lines += ["", "What the trained modality tables kept of the encoder (first seed of each run with features; "
               "`trainer/retention.py`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
-              "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten.", "",
-              "| config | modality | row cos(V, X) | pair-cosine r |", "|---|---|---|---|"]
+              "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten. "
+              "kNN: validation NDCG@10 of ranking items by cosine to the user's last item in the table alone (history "
+              "excluded), for the stored features X and the trained V: how much next-item signal the table holds.", "",
+              "| config | modality | row cos(V, X) | pair-cosine r | kNN NDCG@10 of X | kNN NDCG@10 of V |",
+              "|---|---|---|---|---|---|"]
     for name in names:
         first = sorted(work.glob(f"{name}-s*/best/model.safetensors"))
-        for modality, (row, pair) in (run_retention(first[0].parent.parent) if first else {}).items():
-            lines.append(f"| {name} | {modality} | {row:.3f} | {pair:.3f} |")
+        run = first[0].parent.parent if first else None
+        knn = run_knn(run) if run else {}
+        for modality, (row, pair) in (run_retention(run) if run else {}).items():
+            lines.append(f"| {name} | {modality} | {row:.3f} | {pair:.3f} | {knn[f'stored {modality}']:.4f} | "
+                         f"{knn[f'trained {modality}']:.4f} |")
     lines += ["", "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):", ""]
     for name in names:
-        if not name.endswith("-kd"):
+        if "-kd" not in name:
             continue
-        base = name[: -len("-kd")]
-        for ref in (base, base + "-fused"):
+        for ref in baselines(name):
             if ref in runs:
                 a, b = runs[name], runs[ref]
                 ma, mb = (statistics.mean(m["test"]["ndcg@10"] for m in x) for x in (a, b))
@@ -129,6 +152,8 @@ def write_table(work: Path) -> None:
                 lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
                              f"higher in {wins} of {len(pairs)} seeds")
     notes = REPO / "bench" / "results" / f"{work.name}_reading.md"  # written by hand: what the numbers say
+    if not notes.exists():  # one reading covers the runs of every --work
+        notes = REPO / "bench" / "results" / "quality_reading.md"
     if notes.exists():
         lines += ["", f"What these numbers say, and what was tried: [{notes.name}]({notes.name})."]
     out = REPO / "bench" / "results" / f"{work.name}.md"  # runs/quality -> quality.md
