@@ -35,6 +35,7 @@ BENCHES = {
     "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
     "quality-ablations": ("quality-ablations.md", None),  # SASRec ablations and why-probes, more seeds
     "quality-backbones": ("quality-backbones.md", None),  # GRU4Rec / BERT4Rec: ID only, fused, distilled
+    "quality-ae": ("quality-ae.md", None),  # the same SASRec pair on autoencoder-reduced features
     "quality-reading": ("quality_reading.md", None),  # by hand: what the quality runs say
     "recbole": ("recbole.md", None),  # bench/recbole_sasrec.py notes from its first measurement
 }
