@@ -28,7 +28,8 @@ BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sa
           "beauty-sasrec-kd-noasync", "beauty-sasrec-kd-ramp-early", "beauty-sasrec-kd-w05",
           "beauty-sasrec-fused-sum", "beauty-sasrec-kd-sum", "beauty-sasrec-fused-idout",
           "beauty-sasrec-kd-idout", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
-          "beauty-bert4rec", "beauty-bert4rec-fused", "beauty-bert4rec-kd"]
+          "beauty-bert4rec", "beauty-bert4rec-fused", "beauty-bert4rec-kd", "beauty-bert4rec-fused-sum",
+          "beauty-bert4rec-kd-sum"]
 SCIENTIFIC = ["scientific-mm-sasrec", "scientific-mm-sasrec-fused", "scientific-mm-sasrec-kd"]
 
 
