@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from bench._runs import REPO, derive, train  # noqa: E402
-from trainer.retention import run_knn, run_retention  # noqa: E402
+from trainer.retention import run_knn, run_retention, trained_tables  # noqa: E402
 
 BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sasrec-kd-nocode",
           "beauty-sasrec-kd-noasync", "beauty-sasrec-kd-ramp-early", "beauty-sasrec-kd-w05",
@@ -135,9 +135,9 @@ def write_table(work: Path) -> None:
               "|---|---|---|---|---|---|"]
     for name in names:
         first = sorted(work.glob(f"{name}-s*/best/model.safetensors"))
-        run = first[0].parent.parent if first else None
-        knn = run_knn(run) if run else {}
-        for modality, (row, pair) in (run_retention(run) if run else {}).items():
+        read = trained_tables(first[0].parent.parent) if first else (None, {})
+        knn = run_knn(None, read=read) if read[1] else {}
+        for modality, (row, pair) in run_retention(None, read[1]).items():
             lines.append(f"| {name} | {modality} | {row:.3f} | {pair:.3f} | {knn[f'stored {modality}']:.4f} | "
                          f"{knn[f'trained {modality}']:.4f} |")
     lines += ["", "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):", ""]

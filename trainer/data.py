@@ -64,7 +64,7 @@ class UserSequences:
         return hist, rel, skipped
 
 
-def _pad(rows: list[np.ndarray], length: int | None = None) -> torch.Tensor:
+def pad_ids(rows: list[np.ndarray], length: int | None = None) -> torch.Tensor:
     """Right-pad int arrays with 0 into a (B, L) LongTensor."""
     length = length or max(1, max(len(r) for r in rows))
     out = np.zeros((len(rows), length), np.int64)
@@ -152,7 +152,7 @@ class TrainCollate:
         self.teachers = teachers or {}
 
     def __call__(self, samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-        batch = {k: _pad([s[k] for s in samples]) for k in ("inputs", "targets", "items")}
+        batch = {k: pad_ids([s[k] for s in samples]) for k in ("inputs", "targets", "items")}
         if "negatives" in samples[0]:
             L, n = batch["inputs"].shape[1], samples[0]["negatives"].shape[1]
             neg = np.zeros((len(samples), L, n), np.int64)
@@ -180,8 +180,8 @@ class EvalCases(Dataset):
 def eval_collate(samples: list[dict[str, np.ndarray]], extra: int = 0) -> dict[str, torch.Tensor]:
     """extra: free slots after the longest history (1 for BERT4Rec's appended [MASK])."""
     return {
-        "history": _pad([s["history"] for s in samples], max(len(s["history"]) for s in samples) + extra),
+        "history": pad_ids([s["history"] for s in samples], max(len(s["history"]) for s in samples) + extra),
         "lengths": torch.tensor([len(s["history"]) for s in samples]),
-        "relevant": _pad([s["relevant"] for s in samples]),
-        "seen": _pad([s["seen"] for s in samples]),
+        "relevant": pad_ids([s["relevant"] for s in samples]),
+        "seen": pad_ids([s["seen"] for s in samples]),
     }

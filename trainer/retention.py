@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from kdsr.prepare.dataset import PreparedDataset
-from trainer.data import UserSequences
+from trainer.data import UserSequences, pad_ids
 from trainer.features import load_features
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 
@@ -33,20 +33,27 @@ def table_retention(start: torch.Tensor, trained: torch.Tensor, n_pairs: int = 2
     return float((x * v).sum(1).mean()), float(torch.corrcoef(pairs)[0, 1])
 
 
-def run_retention(run_dir: str | Path) -> dict[str, tuple[float, float]]:
-    """{modality: (row cosine, pair-cosine r)} of a finished run's selected checkpoint; {} without modalities."""
+def trained_tables(run_dir: str | Path):
+    """A finished run's dataset and, per modality, (stored features, trained V) with row 0 = padding, both
+    (N + 1, d); (dataset, {}) without modalities. One read serves both measures below."""
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    ds = PreparedDataset.open(cfg["dataset"])
     if not cfg.get("modalities"):
-        return {}
+        return ds, {}
     weights = load_file(run_dir / "best" / "model.safetensors")
-    ids = PreparedDataset.open(cfg["dataset"]).item_original_ids()
-    out = {}
+    tables = {}
     for m in cfg["modalities"]:
-        start = load_features(m["features"], ids)[1:]  # row 0 is padding
-        out[m["name"]] = table_retention(start, weights[f"modal.{m['name']}"][1 : len(start) + 1])
-    return out
+        start = load_features(m["features"], ds.item_original_ids())
+        tables[m["name"]] = (start, weights[f"modal.{m['name']}"][: len(start)])
+    return ds, tables
 
+
+def run_retention(run_dir: str | Path, tables: dict | None = None) -> dict[str, tuple[float, float]]:
+    """{modality: (row cosine, pair-cosine r)} of a finished run's selected checkpoint; {} without modalities.
+    `tables`: trained_tables(run_dir)[1], when the caller has read them already."""
+    tables = trained_tables(run_dir)[1] if tables is None else tables
+    return {m: table_retention(start[1:], trained[1:]) for m, (start, trained) in tables.items()}  # row 0 is padding
 
 @torch.no_grad()
 def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, batch: int = 1024) -> float:
@@ -58,9 +65,7 @@ def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 
     total = 0.0
     for s in range(0, len(histories), batch):
         hist = histories[s : s + batch]
-        seen = torch.zeros(len(hist), max(len(h) for h in hist), dtype=torch.long)
-        for row, h in enumerate(hist):
-            seen[row, : len(h)] = torch.as_tensor(h)
+        seen = pad_ids(hist)
         last = torch.as_tensor([int(h[-1]) for h in hist])
         rel = torch.as_tensor([[int(r[0])] for r in targets[s : s + batch]])
         ranks = target_ranks(candidate_scores(t[last] @ t.T, seen=seen), rel)
@@ -68,19 +73,15 @@ def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 
     return total / len(histories)
 
 
-def run_knn(run_dir: str | Path, split: str = "valid") -> dict[str, float]:
+def run_knn(run_dir: str | Path, split: str = "valid", read=None) -> dict[str, float]:
     """{"stored <m>", "trained <m>": next-item kNN NDCG@10} for a finished run's modality tables, before and
-    after training; {} without modalities."""
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if not cfg.get("modalities"):
+    after training; {} without modalities. `read`: trained_tables(run_dir), when the caller has it already."""
+    ds, tables = trained_tables(run_dir) if read is None else read
+    if not tables:
         return {}
-    weights = load_file(run_dir / "best" / "model.safetensors")
-    ds = PreparedDataset.open(cfg["dataset"])
     hist, rel, _ = UserSequences.from_dataset(ds).eval_cases(split)
     out = {}
-    for m in cfg["modalities"]:
-        start = load_features(m["features"], ds.item_original_ids())
-        out[f"stored {m['name']}"] = next_item_knn(start, hist, rel)
-        out[f"trained {m['name']}"] = next_item_knn(weights[f"modal.{m['name']}"][: len(start)], hist, rel)
+    for m, (start, trained) in tables.items():
+        out[f"stored {m}"] = next_item_knn(start, hist, rel)
+        out[f"trained {m}"] = next_item_knn(trained, hist, rel)
     return out
