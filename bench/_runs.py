@@ -1,5 +1,6 @@
 """Shared by the training benchmarks: derive a config with local paths, run the trainer in a subprocess
 (so each run's peak memory is its own), read its metrics.json."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ def train(config: Path, overrides: list[str], log: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     t = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "trainer.train", str(config), "progress=false", *overrides],
-                              cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer.train", str(config), "progress=false", *overrides],
+            cwd=REPO,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"training failed ({proc.returncode}); see {log}")
     out = next(o.split("=", 1)[1] for o in overrides if o.startswith("out_dir="))

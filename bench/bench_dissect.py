@@ -9,6 +9,7 @@ Also Beauty-size runs and the Teacher's per-step cost. Writes bench/results/diss
 Each phase runs in its own process so its peak RSS (ru_maxrss) is its own. The synthetic store is deleted
 afterwards unless --keep. Needs rows * dim * 2 bytes of free disk under --work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,15 @@ def generate(path: str, rows: int, dim: int, seed: int = 0, block: int = 16384) 
         w[k * per : (k + 1) * per, cols] = torch.randn(per, len(cols), generator=g)
     w /= (groups * per) ** 0.5
     t = time.perf_counter()
-    store = FeatureStore.create(path, [f"s{i}" for i in range(rows)], dim, dtype="float16", shard_size=1024, overwrite=True,
-                                attrs={"model": "synthetic", "seed": seed})
+    store = FeatureStore.create(
+        path,
+        [f"s{i}" for i in range(rows)],
+        dim,
+        dtype="float16",
+        shard_size=1024,
+        overwrite=True,
+        attrs={"model": "synthetic", "seed": seed},
+    )
     step = block // store.shard_size * store.shard_size
     for start in range(0, rows, step):
         n = min(step, rows - start)
@@ -67,17 +75,23 @@ def generate(path: str, rows: int, dim: int, seed: int = 0, block: int = 16384) 
 
 
 def run_dissect(features: str, output: str, overrides: list[str]) -> dict:
-    from feature_store.dissect import DissectConfig, dissect
+    from dissect.config import DissectConfig
+    from dissect.run import dissect
     from feature_store.store import FeatureStore
     from kdsr.config import apply_overrides, validate_config
 
-    cfg = validate_config(DissectConfig, apply_overrides({"features": features, "output": output}, overrides, DissectConfig))
+    cfg = validate_config(
+        DissectConfig, apply_overrides({"features": features, "output": output}, overrides, DissectConfig)
+    )
     t = time.perf_counter()
     dissect(cfg, log=lambda m: print(f"  {m}", flush=True))
     meta = FeatureStore.open(output).attrs["dissect"]
     return {
-        "seconds": time.perf_counter() - t, "peak_rss_gib": peak_rss_gib(), "timings_s": meta["timings_s"],
-        "explained_variance": meta["reduction"].get("explained_variance_ratio"), "quality": meta["facets"]["quality"],
+        "seconds": time.perf_counter() - t,
+        "peak_rss_gib": peak_rss_gib(),
+        "timings_s": meta["timings_s"],
+        "explained_variance": meta["reduction"].get("explained_variance_ratio"),
+        "quality": meta["facets"]["quality"],
         "pairs": meta["codebook"]["pairs"],
     }
 
@@ -85,7 +99,7 @@ def run_dissect(features: str, output: str, overrides: list[str]) -> dict:
 def time_teacher(path: str, threads: int) -> dict:
     import torch
 
-    from feature_store.dissect import Teacher
+    from feature_store.teacher import Teacher
 
     torch.set_num_threads(threads)
     teacher = Teacher.from_store(path)
@@ -144,7 +158,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     big = str(work / f"synthetic-{args.rows}x{args.dim}.zarr")
     free = shutil.disk_usage(work).free / 2**30
-    print(f"disk free under {work}: {free:.0f} GiB; store needs ~{args.rows * args.dim * 2 / 2**30:.1f} GiB", flush=True)
+    print(
+        f"disk free under {work}: {free:.0f} GiB; store needs ~{args.rows * args.dim * 2 / 2**30:.1f} GiB", flush=True
+    )
     results = {}
     if not args.skip_generate:
         results["generate"] = child(["generate", big, str(args.rows), str(args.dim)])
@@ -154,7 +170,9 @@ def main() -> int:
     child(["generate", small, "12086", "4096"])
     results["dissect_beauty_4096"] = child(["dissect", small, small.replace(".zarr", ".dissect.zarr")])
     if args.beauty_store:
-        results["dissect_beauty_minilm"] = child(["dissect", args.beauty_store, str(work / "beauty-minilm.dissect.zarr")])
+        results["dissect_beauty_minilm"] = child(
+            ["dissect", args.beauty_store, str(work / "beauty-minilm.dissect.zarr")]
+        )
     if not args.keep:
         for p in work.glob("synthetic-*"):
             shutil.rmtree(p)
@@ -163,7 +181,10 @@ def main() -> int:
 
 
 def write_results(args, r: dict) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     db = r["dissect_big"]
     lines = [
         "# `kdsr dissect` scale benchmark",
@@ -171,7 +192,8 @@ def write_results(args, r: dict) -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         "shared with other work while it ran (load average noted below), by:",
         "",
-        f"    python bench/bench_dissect.py --rows {args.rows} --dim {args.dim} --work {args.work}" + (f" --beauty-store {args.beauty_store}" if args.beauty_store else ""),
+        f"    python bench/bench_dissect.py --rows {args.rows} --dim {args.dim} --work {args.work}"
+        + (f" --beauty-store {args.beauty_store}" if args.beauty_store else ""),
         "",
         f"Load average at the end: {os.getloadavg()[0]:.1f} (1 min). Defaults: PCA to 128 dims fitted on 262,144 rows (whole chunks at random), "
         "clustered facets (energy statistic, 100k items), F = 8, K = 50, 1M uniform pairs, MiniBatchKMeans n_init = 3.",
@@ -181,18 +203,25 @@ def write_results(args, r: dict) -> None:
     ]
     if "generate" in r:
         g = r["generate"]
-        lines.append(f"| write synthetic store (float16) | {args.rows:,} x {args.dim} | {g['seconds'] / 60:.1f} min | {g['peak_rss_gib']:.2f} GiB | | | | |")
-    for key, label, shape in (("dissect_big", "dissect", f"{args.rows:,} x {args.dim}"),
-                              ("dissect_beauty_4096", "dissect, Beauty size (synthetic)", "12,086 x 4096"),
-                              ("dissect_beauty_minilm", "dissect, Beauty MiniLM (real)", "12,086 x 384")):
+        lines.append(
+            f"| write synthetic store (float16) | {args.rows:,} x {args.dim} | {g['seconds'] / 60:.1f} min | {g['peak_rss_gib']:.2f} GiB | | | | |"
+        )
+    for key, label, shape in (
+        ("dissect_big", "dissect", f"{args.rows:,} x {args.dim}"),
+        ("dissect_beauty_4096", "dissect, Beauty size (synthetic)", "12,086 x 4096"),
+        ("dissect_beauty_minilm", "dissect, Beauty MiniLM (real)", "12,086 x 384"),
+    ):
         if key in r:
             x, t = r[key], r[key]["timings_s"]
-            lines.append(f"| {label} | {shape} | {x['seconds'] / 60:.1f} min ({x['seconds']:.0f} s) | {x['peak_rss_gib']:.2f} GiB | {t['reduce_fit']:.0f} s | {t['reduce_write']:.0f} s | {t['facets']:.1f} s | {t['codebook']:.0f} s |")
+            lines.append(
+                f"| {label} | {shape} | {x['seconds'] / 60:.1f} min ({x['seconds']:.0f} s) | {x['peak_rss_gib']:.2f} GiB | {t['reduce_fit']:.0f} s | {t['reduce_write']:.0f} s | {t['facets']:.1f} s | {t['codebook']:.0f} s |"
+            )
     q = db["quality"]
     lines += [
         "",
         f"Synthetic {args.rows:,} x {args.dim}: PCA explained variance {db['explained_variance']:.1%}; facet affinity within / across: "
-        + ", ".join(f"{k} {v['within']:.3f} / {v['across']:.3f}" for k, v in q.items()) + ".",
+        + ", ".join(f"{k} {v['within']:.3f} / {v['across']:.3f}" for k, v in q.items())
+        + ".",
         f"Goal (issue 4): under 24 GiB and 30 min on 2 cores -> {'met' if db['peak_rss_gib'] < 24 and db['seconds'] < 1800 else 'NOT met'}.",
         "",
         "## Teacher.targets per training step (B = 256, L = 50, d = 128, F = 8, K = 50, CPU)",
@@ -204,7 +233,9 @@ def write_results(args, r: dict) -> None:
         "|---|---|---|",
     ]
     for th, res in r["teacher_big"].items():
-        lines.append(f"| {th} | {res['full']['ms_median']:.1f} ({res['full']['pairs']:,}) | {res['padded']['ms_median']:.1f} ({res['padded']['pairs']:,}) |")
+        lines.append(
+            f"| {th} | {res['full']['ms_median']:.1f} ({res['full']['pairs']:,}) | {res['padded']['ms_median']:.1f} ({res['padded']['pairs']:,}) |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(r, indent=1))

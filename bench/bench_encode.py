@@ -11,6 +11,7 @@ memory is the largest summed RSS of the process and all its children (Ray's too)
 With CUDA present it also encodes the titles with an LLM (`--llm`, bf16 and int8) and reports the
 fraction of the FLOP limit (2 x params x tokens); without, that section says "not measured".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def method_st(dataset: Path, out: Path, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2", with_hash=False).source, device="cpu")
+    model = SentenceTransformer(
+        resolve_model("sentence-transformers/all-MiniLM-L6-v2", with_hash=False).source, device="cpu"
+    )
     emb = model.encode(titles_of(dataset), batch_size=32)
     dt = time.perf_counter() - t0
     np.save(out, emb)
@@ -96,8 +99,20 @@ def run_method(method: str, dataset: Path, threads: int, overrides: list[str]) -
 
     out = Path(tempfile.mkdtemp(prefix="kdsr-bench-")) / f"{method}.npy"
     res = out.with_suffix(".json")
-    cmd = [sys.executable, "-m", "bench.bench_encode", "--method", method, "--dataset", str(dataset), "--out", str(out),
-           "--threads", str(threads), *[f"--set={o}" for o in overrides]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_encode",
+        "--method",
+        method,
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        *[f"--set={o}" for o in overrides],
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     root, peak = psutil.Process(proc.pid), 0
@@ -125,8 +140,13 @@ def gpu_section(llm: str | None) -> list[str]:
 
     if not torch.cuda.is_available():
         return ["", "### LLM encoder on GPU", "", "not measured: no GPU in this session."]
-    return ["", "### LLM encoder on GPU", "", f"`{llm}`: run `kdsr encode configs/encode/llm-8bit.yaml` on this machine and "
-            "compare items/s with 2 x params x tokens / peak FLOP/s (not automated yet)."]
+    return [
+        "",
+        "### LLM encoder on GPU",
+        "",
+        f"`{llm}`: run `kdsr encode configs/encode/llm-8bit.yaml` on this machine and "
+        "compare items/s with 2 x params x tokens / peak FLOP/s (not automated yet).",
+    ]
 
 
 def build_dataset(root: Path) -> Path:
@@ -137,11 +157,21 @@ def build_dataset(root: Path) -> Path:
     items = pl.read_parquet(data_dir() / "amazon-beauty" / "items.parquet").sort("item_id")
     d = root / "beauty"
     d.mkdir(parents=True, exist_ok=True)
-    items.select(pl.int_range(1, items.height + 1, dtype=pl.Int32).alias("item"), pl.col("item_id").cast(pl.Utf8).alias("original_id"),
-                 "title").write_parquet(d / "items.parquet")
+    items.select(
+        pl.int_range(1, items.height + 1, dtype=pl.Int32).alias("item"),
+        pl.col("item_id").cast(pl.Utf8).alias("original_id"),
+        "title",
+    ).write_parquet(d / "items.parquet")
     pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "original_id": ["u"]}).write_parquet(d / "users.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "item": pl.Series([1], dtype=pl.Int32), "timestamp": [0],
-                  "position": pl.Series([0], dtype=pl.Int32), "split": ["train"]}).write_parquet(d / "interactions.parquet")
+    pl.DataFrame(
+        {
+            "user": pl.Series([1], dtype=pl.Int32),
+            "item": pl.Series([1], dtype=pl.Int32),
+            "timestamp": [0],
+            "position": pl.Series([0], dtype=pl.Int32),
+            "split": ["train"],
+        }
+    ).write_parquet(d / "interactions.parquet")
     (d / "stats.json").write_text(json.dumps({"name": "beauty"}))
     return d
 
@@ -149,7 +179,9 @@ def build_dataset(root: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["st", "hf", "kdsr"])
-    ap.add_argument("--dataset", type=Path, help="prepared dataset (default: runs/data/beauty, else built from the raw items)")
+    ap.add_argument(
+        "--dataset", type=Path, help="prepared dataset (default: runs/data/beauty, else built from the raw items)"
+    )
     ap.add_argument("--out", type=Path)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--set", action="append", default=[], help="override for the kdsr config, key=value")
@@ -179,7 +211,11 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0]
@@ -189,14 +225,17 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPU cores ({cpu}), "
         f"torch {torch.__version__}, load average {load:.1f} at the end (other jobs share this machine); "
         f"{n} titles. Command: `.venv/bin/python -m bench.bench_encode`"
-        + (f" with `{' '.join('--set=' + o for o in args.set)}`" if args.set else "") + ".",
+        + (f" with `{' '.join('--set=' + o for o in args.set)}`" if args.set else "")
+        + ".",
         "",
         "| method | wall s (process) | s in process | items/s (wall) | speed-up vs ST | peak RSS GiB | min cosine to ST |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r, cos in rows:
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['seconds_in_process']:.1f} | {n / r['wall_s']:.0f} | "
-                     f"{st['wall_s'] / r['wall_s']:.2f}x | {r['peak_rss_gib']:.2f} | {'-' if cos is None else f'{cos.min():.5f}'} |")
+        lines.append(
+            f"| {name} | {r['wall_s']:.1f} | {r['seconds_in_process']:.1f} | {n / r['wall_s']:.0f} | "
+            f"{st['wall_s'] / r['wall_s']:.2f}x | {r['peak_rss_gib']:.2f} | {'-' if cos is None else f'{cos.min():.5f}'} |"
+        )
     lines += [
         "",
         f"kdsr encode: plan `{s['plan']}`, start-up (Ray + actor + model load) {s['startup_s']:.1f} s, "

@@ -10,6 +10,7 @@ target against ours). RecBole trains one sample per prefix, we train every posit
 see the same 131k training targets per epoch, so targets/s is the fair unit. The fastest epoch of each
 side counts (the first includes warm-up). Writes bench/results/peers_train.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,13 @@ def main() -> None:
     ap.add_argument("--dataset", default="runs/data/beauty")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--epochs", type=int, default=2, help="timing epochs per side; 0: time the full runs' epochs")
-    ap.add_argument("--full-epochs", type=int, default=0,
-                    help="> 0: also train RecBole for at most this many epochs (validation every epoch) and compare "
-                         "the time each side needs to reach the same validation NDCG@10")
+    ap.add_argument(
+        "--full-epochs",
+        type=int,
+        default=0,
+        help="> 0: also train RecBole for at most this many epochs (validation every epoch) and compare "
+        "the time each side needs to reach the same validation NDCG@10",
+    )
     ap.add_argument("--ours-epochs", type=int, default=None, help="cap of our full run (default: 4 x --full-epochs)")
     ap.add_argument("--work", default="/tmp/kdsr-bench-peers")
     ap.add_argument("--out", default=str(REPO / "bench/results/peers_train.md"))
@@ -56,25 +61,50 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    common = [f"model.hidden={SIZE['hidden']}", f"model.n_layers={SIZE['layers']}", f"model.n_heads={SIZE['heads']}",
-              f"model.dropout={SIZE['dropout']}", f"optim.batch_size={SIZE['batch']}", f"optim.lr={SIZE['lr']}",
-              "resume=false", f"dataset={args.dataset}"]
+    common = [
+        f"model.hidden={SIZE['hidden']}",
+        f"model.n_layers={SIZE['layers']}",
+        f"model.n_heads={SIZE['heads']}",
+        f"model.dropout={SIZE['dropout']}",
+        f"optim.batch_size={SIZE['batch']}",
+        f"optim.lr={SIZE['lr']}",
+        "resume=false",
+        f"dataset={args.dataset}",
+    ]
     ours_epochs = args.ours_epochs or 4 * args.full_epochs
     if args.epochs:
-        ours = train(REPO / "configs/train/beauty-sasrec.yaml",
-                     [f"out_dir={work}/ours-timing", f"epochs={args.epochs}", *common], work / "ours-timing.log")
+        ours = train(
+            REPO / "configs/train/beauty-sasrec.yaml",
+            [f"out_dir={work}/ours-timing", f"epochs={args.epochs}", *common],
+            work / "ours-timing.log",
+        )
     if args.full_epochs:
-        ours_full = train(REPO / "configs/train/beauty-sasrec.yaml",
-                          [f"out_dir={work}/ours-full", f"epochs={ours_epochs}", *common], work / "ours-full.log")
+        ours_full = train(
+            REPO / "configs/train/beauty-sasrec.yaml",
+            [f"out_dir={work}/ours-full", f"epochs={ours_epochs}", *common],
+            work / "ours-full.log",
+        )
         ours = ours if args.epochs else ours_full
     ours_epoch = min(ours["timing"]["epoch_seconds_this_session"])
-    rb = run_recbole_sasrec(args.dataset, work / "recbole.json", hidden_size=SIZE["hidden"],
-                            layers=SIZE["layers"], heads=SIZE["heads"], dropout=SIZE["dropout"], batch=SIZE["batch"],
-                            lr=SIZE["lr"], timing_epochs=args.epochs, epochs=args.full_epochs, threads=args.threads)
+    rb = run_recbole_sasrec(
+        args.dataset,
+        work / "recbole.json",
+        hidden_size=SIZE["hidden"],
+        layers=SIZE["layers"],
+        heads=SIZE["heads"],
+        dropout=SIZE["dropout"],
+        batch=SIZE["batch"],
+        lr=SIZE["lr"],
+        timing_epochs=args.epochs,
+        epochs=args.full_epochs,
+        threads=args.threads,
+    )
     rb_epoch = min(rb["timing_epoch_s"] if args.epochs else rb["full"]["epoch_s"])
     targets = rb["train_targets"]
-    rows = [("kdsr SASRec", ours_epoch, targets / ours_epoch, ours["timing"]["peak_rss_mib"]),
-            ("RecBole 1.2.1 SASRec", rb_epoch, targets / rb_epoch, rb["peak_rss_mib"])]
+    rows = [
+        ("kdsr SASRec", ours_epoch, targets / ours_epoch, ours["timing"]["peak_rss_mib"]),
+        ("RecBole 1.2.1 SASRec", rb_epoch, targets / rb_epoch, rb["peak_rss_mib"]),
+    ]
     full = []
     if args.full_epochs:
         full = quality_section(ours_full, rb, args.full_epochs, ours_epochs)
@@ -117,19 +147,26 @@ def quality_section(ours: dict, rb: dict, rb_cap: int, ours_cap: int) -> list[st
     def curve(ndcg, sec):
         return ", ".join(f"{v:.4f} ({t:.0f}s)" for v, t in zip(ndcg, itertools.accumulate(sec)))
 
-    out = ["", f"## Time to the same quality (RecBole capped at {rb_cap} epochs, kdsr at {ours_cap}; "
-           "validation every epoch, training seconds only)", "",
-           f"- kdsr valid NDCG@10 by epoch (cumulative s): {curve(o_ndcg, o_sec)}",
-           f"- RecBole valid NDCG@10 by epoch (cumulative s): {curve(r_ndcg, r_sec)}",
-           f"- Both reach validation NDCG@10 {target:.4f}: kdsr after {o_hit[0]} epochs, {o_hit[1]:.0f} s; "
-           f"RecBole after {r_hit[0]} epochs, {r_hit[1]:.0f} s. **Time to equal quality: "
-           f"{r_hit[1] / o_hit[1]:.1f}x faster** (goal >= 3x).", "",
-           "Test metrics of each side's selected checkpoint (best validation NDCG@10 within its cap):", "",
-           "| | NDCG@10 | Recall@10 | NDCG@20 | Recall@20 | epochs run | best valid NDCG@10 |", "|---|---|---|---|---|---|---|",
-           f"| kdsr | {t_o['ndcg@10']:.4f} | {t_o['hr@10']:.4f} | {t_o['ndcg@20']:.4f} | {t_o['hr@20']:.4f} | "
-           f"{len(o_ndcg)} | {max(o_ndcg):.4f} |",
-           f"| RecBole | {t_r['ndcg@10']:.4f} | {t_r['recall@10']:.4f} | {t_r['ndcg@20']:.4f} | {t_r['recall@20']:.4f} | "
-           f"{rb['full']['epochs_run']} | {max(r_ndcg):.4f} |"]
+    out = [
+        "",
+        f"## Time to the same quality (RecBole capped at {rb_cap} epochs, kdsr at {ours_cap}; "
+        "validation every epoch, training seconds only)",
+        "",
+        f"- kdsr valid NDCG@10 by epoch (cumulative s): {curve(o_ndcg, o_sec)}",
+        f"- RecBole valid NDCG@10 by epoch (cumulative s): {curve(r_ndcg, r_sec)}",
+        f"- Both reach validation NDCG@10 {target:.4f}: kdsr after {o_hit[0]} epochs, {o_hit[1]:.0f} s; "
+        f"RecBole after {r_hit[0]} epochs, {r_hit[1]:.0f} s. **Time to equal quality: "
+        f"{r_hit[1] / o_hit[1]:.1f}x faster** (goal >= 3x).",
+        "",
+        "Test metrics of each side's selected checkpoint (best validation NDCG@10 within its cap):",
+        "",
+        "| | NDCG@10 | Recall@10 | NDCG@20 | Recall@20 | epochs run | best valid NDCG@10 |",
+        "|---|---|---|---|---|---|---|",
+        f"| kdsr | {t_o['ndcg@10']:.4f} | {t_o['hr@10']:.4f} | {t_o['ndcg@20']:.4f} | {t_o['hr@20']:.4f} | "
+        f"{len(o_ndcg)} | {max(o_ndcg):.4f} |",
+        f"| RecBole | {t_r['ndcg@10']:.4f} | {t_r['recall@10']:.4f} | {t_r['ndcg@20']:.4f} | {t_r['recall@20']:.4f} | "
+        f"{rb['full']['epochs_run']} | {max(r_ndcg):.4f} |",
+    ]
     return out
 
 

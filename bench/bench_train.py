@@ -7,6 +7,7 @@ async step's teacher targets computed in DataLoader workers, and in the step as 
 Writes bench/results/train.md. Step time = epoch time / optimizer steps (training only, evaluation excluded);
 the overhead target is <= 15% for distillation over the fused model without it (DESIGN.md section 5).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def main() -> None:
         steps = m["valid_history"][0]["step"]
         epoch_s = m["timing"]["epoch_seconds_this_session"]
         best_s = min(epoch_s)
-        rows.append((name, best_s, best_s / steps * 1000, m["timing"]["peak_rss_mib"], m["valid_history"][-1]["ndcg@10"], steps))
+        rows.append(
+            (name, best_s, best_s / steps * 1000, m["timing"]["peak_rss_mib"], m["valid_history"][-1]["ndcg@10"], steps)
+        )
         print(rows[-1], flush=True)
     base = rows[1][2]
     lines = [
@@ -65,7 +68,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, s, ms, rss, ndcg, steps in rows:
-        lines.append(f"| {name} | {s:.1f} | {ms:.0f} | {100 * (ms / base - 1):+.0f}% | {rss:.0f} | {ndcg:.4f} | {steps} |")
+        lines.append(
+            f"| {name} | {s:.1f} | {ms:.0f} | {100 * (ms / base - 1):+.0f}% | {rss:.0f} | {ndcg:.4f} | {steps} |"
+        )
     out = REPO / "bench" / "results" / "train.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

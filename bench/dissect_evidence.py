@@ -8,6 +8,7 @@ and, for contrast, on the raw encoder dims with the Pearson statistic, on (a) th
 ../shared/data/scientific-mm and (b) all-MiniLM-L6-v2 title features of Beauty; writes one report per run
 and a summary table (README.md) of within- vs across-facet affinity for clustered and chunks facets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_store.dissect import DissectConfig, dissect  # noqa: E402
-from feature_store.dissect.facets import chunk_facets, facet_quality  # noqa: E402
-from feature_store.dissect.report import report  # noqa: E402
+from dissect.config import DissectConfig  # noqa: E402
+from dissect.facets import chunk_facets, facet_quality  # noqa: E402
+from dissect.report import report  # noqa: E402
+from dissect.run import dissect  # noqa: E402
 from feature_store.store import FeatureStore  # noqa: E402
+from kdsr.dataset import PreparedDataset  # noqa: E402
 from kdsr.paths import REPO_ROOT, data_dir  # noqa: E402
-from kdsr.prepare.dataset import PreparedDataset  # noqa: E402
 
 RUNS = {
     "pca128-energy": {},
@@ -38,7 +40,9 @@ def scientific_store(work: Path) -> tuple[Path, dict[str, str]]:
     ids = [a for a, _ in sorted(pairs, key=lambda p: int(p[1]))]
     x = np.fromfile(base / "Scientific.feat3CLS", "<f4").reshape(len(ids), 512)
     path = work / "scientific-mm-image-clip.zarr"
-    store = FeatureStore.create(path, ids, 512, shard_size=1024, overwrite=True, attrs={"model": "CLIP ViT-B/32 (image)"})
+    store = FeatureStore.create(
+        path, ids, 512, shard_size=1024, overwrite=True, attrs={"model": "CLIP ViT-B/32 (image)"}
+    )
     for s in range(store.n_shards):
         a, b = store.shard_rows(s)
         store.write_shard(s, x[a:b])
@@ -75,7 +79,14 @@ def main() -> int:
     rows = []
     for name, (features, titles, dataset) in sources.items():
         for run, overrides in RUNS.items():
-            cfg = DissectConfig.model_validate({"features": features, "output": str(work / f"{name}.{run}.dissect.zarr"), "dataset": dataset, **overrides})
+            cfg = DissectConfig.model_validate(
+                {
+                    "features": features,
+                    "output": str(work / f"{name}.{run}.dissect.zarr"),
+                    "dataset": dataset,
+                    **overrides,
+                }
+            )
             t = time.perf_counter()
             path = dissect(cfg, log=lambda m: print(f"  {m}", flush=True))
             secs = time.perf_counter() - t

@@ -2,6 +2,7 @@
 
 Called from bench/run_all.py (in .venv); nothing here imports a peer's package.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def run_recbole_sasrec(data_dir: str | Path, out_json: str | Path, timeout: floa
     cmd = [str(python), str(RECBOLE_SCRIPT), "--data", str(Path(data_dir).resolve()), "--out", str(out_json.resolve())]
     proc = subprocess.run(cmd + _flags(kw), stdout=subprocess.PIPE, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{RECBOLE_SCRIPT.name} failed with exit code {proc.returncode} on {data_dir} "
-                           f"(its log is on stderr above): {' '.join(cmd + _flags(kw))}")
+        raise RuntimeError(
+            f"{RECBOLE_SCRIPT.name} failed with exit code {proc.returncode} on {data_dir} "
+            f"(its log is on stderr above): {' '.join(cmd + _flags(kw))}"
+        )
     if not out_json.exists():
         raise RuntimeError(f"{RECBOLE_SCRIPT.name} exited 0 but wrote no {out_json}")
     return json.loads(out_json.read_text())

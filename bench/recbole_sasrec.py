@@ -28,6 +28,7 @@ NOTE: RecBole trains on every prefix of each training sequence (one target per s
 Beauty), while kdsr predicts at every position of a window (one sample per user for most users). Both see
 each training target once per epoch, so the fair unit is targets/s; the JSON reports both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,15 +61,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--eval-batch", type=int, default=4096)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--clip-norm", type=float, default=5.0, help="gradient clipping as ours; 0 = off (RecBole's default)")
+    p.add_argument(
+        "--clip-norm", type=float, default=5.0, help="gradient clipping as ours; 0 = off (RecBole's default)"
+    )
     p.add_argument("--timing-epochs", type=int, default=2, help="epochs timed without evaluation; 0 = skip")
     p.add_argument("--epochs", type=int, default=0, help="cap for the full training run; 0 = skip it")
     p.add_argument("--stopping-step", type=int, default=10, help="evaluations without a better valid NDCG@10")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's choice")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--anomaly-detection", action="store_true",
-                   help="keep the autograd anomaly detection that importing RecBole switches on (as shipped)")
+    p.add_argument(
+        "--anomaly-detection",
+        action="store_true",
+        help="keep the autograd anomaly detection that importing RecBole switches on (as shipped)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with atomic files and logs")
     a = p.parse_args(argv)
     if a.inner_size is None:
@@ -86,7 +92,9 @@ def load_ours(data: Path) -> tuple[pd.DataFrame, dict]:
     """The prepared dataset's interactions, sorted by (user, position), and its stats.json."""
     path = data / "interactions.parquet"
     if not path.exists() or not (data / "stats.json").exists():
-        raise SystemExit(f"{data}: not a prepared dataset (need interactions.parquet and stats.json); run `kdsr prepare`")
+        raise SystemExit(
+            f"{data}: not a prepared dataset (need interactions.parquet and stats.json); run `kdsr prepare`"
+        )
     df = pd.read_parquet(path, columns=None)
     need = {"user", "item", "position", "split"}
     if need - set(df.columns):
@@ -103,11 +111,13 @@ def export_atomic(df: pd.DataFrame, root: Path, name: str) -> Path:
     """Write <root>/<name>/<name>.inter; position is the timestamp, so ties in real time keep their order."""
     folder = root / name
     folder.mkdir(parents=True)
-    out = pd.DataFrame({
-        "user_id:token": df["user"].astype(np.int64),
-        "item_id:token": df["item"].astype(np.int64),
-        "timestamp:float": df["position"].astype(np.int64),
-    })
+    out = pd.DataFrame(
+        {
+            "user_id:token": df["user"].astype(np.int64),
+            "item_id:token": df["item"].astype(np.int64),
+            "timestamp:float": df["position"].astype(np.int64),
+        }
+    )
     out.to_csv(folder / f"{name}.inter", sep="\t", index=False)
     return folder
 
@@ -116,22 +126,49 @@ def recbole_config(a: argparse.Namespace, name: str, data_path: Path, work: Path
     return {
         "data_path": str(data_path),
         "checkpoint_dir": str(work / "saved"),
-        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         # The data is already 5-core and split-ready: no filtering, no dedup, no normalising of the timestamp.
-        "user_inter_num_interval": None, "item_inter_num_interval": None, "rm_dup_inter": None,
-        "val_interval": None, "normalize_all": False, "normalize_field": None,
+        "user_inter_num_interval": None,
+        "item_inter_num_interval": None,
+        "rm_dup_inter": None,
+        "val_interval": None,
+        "normalize_all": False,
+        "normalize_field": None,
         "MAX_ITEM_LIST_LENGTH": a.max_len,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "metrics": ["Recall", "NDCG", "MRR"], "topk": KS, "valid_metric": "NDCG@10", "metric_decimal_place": 6,
-        "loss_type": "CE", "train_neg_sample_args": None,
-        "hidden_size": a.hidden_size, "inner_size": a.inner_size, "n_layers": a.layers, "n_heads": a.heads,
-        "hidden_dropout_prob": a.dropout, "attn_dropout_prob": a.dropout,
-        "train_batch_size": a.batch, "eval_batch_size": a.eval_batch, "learning_rate": a.lr, "learner": "adam",
-        "weight_decay": 0.0, "clip_grad_norm": {"max_norm": a.clip_norm} if a.clip_norm > 0 else None,
-        "epochs": max(a.epochs, 1), "stopping_step": a.stopping_step, "eval_step": 1,
-        "seed": a.seed, "reproducibility": True, "use_gpu": use_gpu, "gpu_id": "0", "worker": 0,
-        "show_progress": False, "save_dataset": False, "save_dataloaders": False, "log_wandb": False,
+        "metrics": ["Recall", "NDCG", "MRR"],
+        "topk": KS,
+        "valid_metric": "NDCG@10",
+        "metric_decimal_place": 6,
+        "loss_type": "CE",
+        "train_neg_sample_args": None,
+        "hidden_size": a.hidden_size,
+        "inner_size": a.inner_size,
+        "n_layers": a.layers,
+        "n_heads": a.heads,
+        "hidden_dropout_prob": a.dropout,
+        "attn_dropout_prob": a.dropout,
+        "train_batch_size": a.batch,
+        "eval_batch_size": a.eval_batch,
+        "learning_rate": a.lr,
+        "learner": "adam",
+        "weight_decay": 0.0,
+        "clip_grad_norm": {"max_norm": a.clip_norm} if a.clip_norm > 0 else None,
+        "epochs": max(a.epochs, 1),
+        "stopping_step": a.stopping_step,
+        "eval_step": 1,
+        "seed": a.seed,
+        "reproducibility": True,
+        "use_gpu": use_gpu,
+        "gpu_id": "0",
+        "worker": 0,
+        "show_progress": False,
+        "save_dataset": False,
+        "save_dataloaders": False,
+        "log_wandb": False,
     }
 
 
@@ -141,8 +178,12 @@ def split_check(counts: dict, dataset, train_ds, valid_ds, test_ds, ours: pd.Dat
     train = ours[ours["split"] == "train"]
     report = {
         "recbole": {**counts, "train_samples": len(train_ds)},
-        "ours": {"users": int(ours["user"].nunique()), "items": int(ours["item"].nunique()),
-                 "interactions": len(ours), "train_samples": len(train) - int(train["user"].nunique())},
+        "ours": {
+            "users": int(ours["user"].nunique()),
+            "items": int(ours["item"].nunique()),
+            "interactions": len(ours),
+            "train_samples": len(train) - int(train["user"].nunique()),
+        },
     }
     seqs = {u: g for u, g in ours.groupby("user", sort=False)}
     for split, ds in (("valid", valid_ds), ("test", test_ds)):
@@ -160,17 +201,33 @@ def split_check(counts: dict, dataset, train_ds, valid_ds, test_ds, ours: pd.Dat
             got_h = dataset.id2token("item_id", lst[:n]).astype(np.int64)
             if want_t != t:
                 bad_target += 1
-                first_bad = first_bad or {"user": int(u), "recbole_target": int(t), "ours": None if want_t is None else int(want_t)}
+                first_bad = first_bad or {
+                    "user": int(u),
+                    "recbole_target": int(t),
+                    "ours": None if want_t is None else int(want_t),
+                }
             elif not np.array_equal(got_h, want_h):
                 bad_history += 1
-                first_bad = first_bad or {"user": int(u), "history_len_recbole": int(n), "history_len_ours": len(want_h)}
+                first_bad = first_bad or {
+                    "user": int(u),
+                    "history_len_recbole": int(n),
+                    "history_len_ours": len(want_h),
+                }
         n_ours = int((ours["split"] == split).sum())
-        report[split] = {"recbole_cases": len(users), "ours_cases": n_ours, "target_mismatches": bad_target,
-                         "history_mismatches": bad_history, "first_mismatch": first_bad}
+        report[split] = {
+            "recbole_cases": len(users),
+            "ours_cases": n_ours,
+            "target_mismatches": bad_target,
+            "history_mismatches": bad_history,
+            "first_mismatch": first_bad,
+        }
     r, o = report["recbole"], report["ours"]
-    report["match"] = (r == o and all(report[s]["recbole_cases"] == report[s]["ours_cases"]
-                                      and report[s]["target_mismatches"] == 0 and report[s]["history_mismatches"] == 0
-                                      for s in ("valid", "test")))
+    report["match"] = r == o and all(
+        report[s]["recbole_cases"] == report[s]["ours_cases"]
+        and report[s]["target_mismatches"] == 0
+        and report[s]["history_mismatches"] == 0
+        for s in ("valid", "test")
+    )
     return report
 
 
@@ -236,14 +293,14 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda but torch sees no CUDA device")
 
     import recbole
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_logger
 
     # NOTE: recbole/model/sequential_recommender/sine.py calls torch.autograd.set_detect_anomaly(True) at
     # import time, so every RecBole model trains under anomaly detection (a debugging mode: NaN checks on
     # every backward output, several times slower on CPU). We compare against RecBole without it.
     import recbole.model.sequential_recommender  # noqa: F401  (runs that import now, not inside get_model)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_logger
 
     torch.autograd.set_detect_anomaly(a.anomaly_detection)
 
@@ -254,36 +311,52 @@ def main(argv=None) -> dict:
     try:
         export_atomic(ours, work / "atomic", name)
         os.chdir(work)  # RecBole writes log/, log_tensorboard/ and saved/ under the working directory
-        config = Config(model="SASRec", dataset=name, config_dict=recbole_config(a, name, work / "atomic", work, use_gpu))
+        config = Config(
+            model="SASRec", dataset=name, config_dict=recbole_config(a, name, work / "atomic", work, use_gpu)
+        )
         init_logger(config)
         t0 = time.perf_counter()
         dataset = create_dataset(config)
         counts = {"users": dataset.user_num - 1, "items": dataset.item_num - 1, "interactions": dataset.inter_num}
         train_data, valid_data, test_data = data_preparation(config, dataset)  # changes dataset's inter_feat
         prep_s = time.perf_counter() - t0
-        check = split_check(counts, dataset, train_data._dataset, valid_data._dataset, test_data._dataset, ours, a.max_len)
+        check = split_check(
+            counts, dataset, train_data._dataset, valid_data._dataset, test_data._dataset, ours, a.max_len
+        )
         if not check["match"]:
             raise SystemExit(f"RecBole's split differs from ours on {data}: {json.dumps(check)}")
         n_train = len(train_data._dataset)
         result = {
-            "peer": "recbole", "model": "SASRec", "recbole_version": recbole.__version__,
-            "torch_version": torch.__version__, "dataset": name, "data_dir": str(data),
-            "device": str(config["device"]), "threads": torch.get_num_threads(),
+            "peer": "recbole",
+            "model": "SASRec",
+            "recbole_version": recbole.__version__,
+            "torch_version": torch.__version__,
+            "dataset": name,
+            "data_dir": str(data),
+            "device": str(config["device"]),
+            "threads": torch.get_num_threads(),
             "anomaly_detection": torch.is_anomaly_enabled(),
             "args": {k: v for k, v in vars(a).items() if k not in ("data", "out", "keep_tmp")},
-            "split_check": check, "prepare_s": round(prep_s, 3), "train_samples": n_train,
-            "train_targets": n_train, "train_batches": len(train_data), "rss_after_data_mib": round(peak_rss_mib(), 1),
+            "split_check": check,
+            "prepare_s": round(prep_s, 3),
+            "train_samples": n_train,
+            "train_targets": n_train,
+            "train_batches": len(train_data),
+            "rss_after_data_mib": round(peak_rss_mib(), 1),
         }
 
         if a.timing_epochs > 0:
             model, trainer = build_trainer(config, train_data, a.timing_epochs)
             trainer.fit(train_data, valid_data=None, saved=False, verbose=True)
             times = trainer.epoch_seconds
-            result.update({
-                "n_params": sum(p.numel() for p in model.parameters()),
-                "timing_epoch_s": [round(t, 3) for t in times], "epoch_s": round(times[-1], 3),
-                "targets_per_s": round(n_train / times[-1], 1),
-            })
+            result.update(
+                {
+                    "n_params": sum(p.numel() for p in model.parameters()),
+                    "timing_epoch_s": [round(t, 3) for t in times],
+                    "epoch_s": round(times[-1], 3),
+                    "targets_per_s": round(n_train / times[-1], 1),
+                }
+            )
             del model, trainer
 
         if a.epochs > 0:
@@ -297,11 +370,15 @@ def main(argv=None) -> dict:
             test = trainer.evaluate(test_data, load_best_model=False)
             times = trainer.epoch_seconds
             result["full"] = {
-                "epochs_run": len(times), "best_epoch": best["epoch"], "stopping_step": a.stopping_step,
-                "stopped_early": len(times) < a.epochs, "epoch_s": [round(t, 3) for t in times],
+                "epochs_run": len(times),
+                "best_epoch": best["epoch"],
+                "stopping_step": a.stopping_step,
+                "stopped_early": len(times) < a.epochs,
+                "epoch_s": [round(t, 3) for t in times],
                 "median_epoch_s": round(float(np.median(times[1:] or times)), 3),
                 "wall_s": round(time.perf_counter() - t0, 1),
-                "valid": metrics(trainer.best_valid_result), "test": metrics(test),
+                "valid": metrics(trainer.best_valid_result),
+                "test": metrics(test),
                 "valid_ndcg10_history": valid_history,
             }
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)

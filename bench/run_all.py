@@ -9,6 +9,7 @@ Each benchmark writes its own bench/results/<name>.md with the date, command and
 RESULTS.md never mixes a number with the wrong provenance. Run it on a quiet machine: timings taken while
 other jobs share the cores are not comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-KDSR = [sys.executable, "-m", "kdsr.cli"]
+KDSR = [sys.executable, "-m", "jobs.cli"]
 
 # name -> (result file, command); in the order they run and appear in RESULTS.md
 BENCHES = {
     "encode": ("encode.md", [sys.executable, "-m", "bench.bench_encode"]),
     "train": ("train.md", [sys.executable, "bench/bench_train.py", "--epochs", "2"]),
     # RecBole 2 epochs (~10 min on 2 cores) with validation, ours up to 10: epoch speed and time to equal quality
-    "peers": ("peers_train.md", [sys.executable, "bench/bench_peers_train.py", "--epochs", "0", "--full-epochs", "2",
-                                 "--ours-epochs", "10"]),
+    "peers": (
+        "peers_train.md",
+        [sys.executable, "bench/bench_peers_train.py", "--epochs", "0", "--full-epochs", "2", "--ours-epochs", "10"],
+    ),
     "dissect": ("dissect.md", [sys.executable, "bench/bench_dissect.py"]),
     "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
     "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
@@ -71,8 +74,10 @@ def collect() -> Path:
             # shift headings so each file's top heading is a section (##) of this page
             levels = [len(line) - len(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")]
             shift = 2 - min(levels, default=2)
-            text = "\n".join(("#" * (len(line) - len(line.lstrip("#")) + shift) + line.lstrip("#"))
-                             if line.startswith("#") else line for line in text.splitlines())
+            text = "\n".join(
+                ("#" * (len(line) - len(line.lstrip("#")) + shift) + line.lstrip("#")) if line.startswith("#") else line
+                for line in text.splitlines()
+            )
             # links between result files are relative to bench/results/; this page sits one level up
             text = re.sub(r"\]\((?!https?:|/|#|results/)([^)]+)\)", r"](results/\1)", text)
             parts += [text, ""]

@@ -8,6 +8,7 @@ features fused but no distillation (the two-stage baseline), and with distillati
 Every run selects its checkpoint on validation NDCG@10 and evaluates test once. Writes
 bench/results/<name of --work>.md, e.g. quality.md (the table is rebuilt from all runs found under --work).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench._runs import REPO, derive, train  # noqa: E402
 from trainer.retention import run_knn, run_retention, trained_tables  # noqa: E402
 
-BEAUTY = ["beauty-sasrec", "beauty-sasrec-fused", "beauty-sasrec-kd", "beauty-sasrec-kd-nocode",
-          "beauty-sasrec-kd-noasync", "beauty-sasrec-kd-ramp-early", "beauty-sasrec-kd-w05",
-          "beauty-sasrec-fused-sum", "beauty-sasrec-kd-sum", "beauty-sasrec-fused-idout",
-          "beauty-sasrec-kd-idout", "beauty-gru4rec", "beauty-gru4rec-fused", "beauty-gru4rec-kd",
-          "beauty-bert4rec", "beauty-bert4rec-fused", "beauty-bert4rec-kd", "beauty-bert4rec-fused-sum",
-          "beauty-bert4rec-kd-sum"]
+BEAUTY = [
+    "beauty-sasrec",
+    "beauty-sasrec-fused",
+    "beauty-sasrec-kd",
+    "beauty-sasrec-kd-nocode",
+    "beauty-sasrec-kd-noasync",
+    "beauty-sasrec-kd-ramp-early",
+    "beauty-sasrec-kd-w05",
+    "beauty-sasrec-fused-sum",
+    "beauty-sasrec-kd-sum",
+    "beauty-sasrec-fused-idout",
+    "beauty-sasrec-kd-idout",
+    "beauty-gru4rec",
+    "beauty-gru4rec-fused",
+    "beauty-gru4rec-kd",
+    "beauty-bert4rec",
+    "beauty-bert4rec-fused",
+    "beauty-bert4rec-kd",
+    "beauty-bert4rec-fused-sum",
+    "beauty-bert4rec-kd-sum",
+]
 SCIENTIFIC = ["scientific-mm-sasrec", "scientific-mm-sasrec-fused", "scientific-mm-sasrec-kd"]
 
 
@@ -63,8 +79,11 @@ def main() -> None:
     names = args.only or BEAUTY + SCIENTIFIC
     configs = {}
     for name in names:
-        data, features = ((args.beauty_data, {"text": args.beauty_text}) if name.startswith("beauty")
-                          else (args.sci_data, {"text": args.sci_text, "image": args.sci_image}))
+        data, features = (
+            (args.beauty_data, {"text": args.beauty_text})
+            if name.startswith("beauty")
+            else (args.sci_data, {"text": args.sci_text, "image": args.sci_image})
+        )
         configs[name] = derive(f"configs/train/{name}.yaml", work / "configs" / f"{name}.yaml", data, features)
     for seed in args.seeds:  # seeds outermost: a cut-short session still has every config at the first seeds
         for name in names:
@@ -75,10 +94,16 @@ def main() -> None:
                 continue
             out.mkdir(parents=True, exist_ok=True)
             (out / "bench.json").write_text(json.dumps({"threads": args.threads}))
-            m = train(configs[name], [f"out_dir={out}", f"seed={seed}", f"epochs={args.epochs}", f"patience={args.patience}",
-                                      *args.extra], work / f"{name}-s{seed}.log")
-            print(f"{name} seed {seed}: test ndcg@10 {m['test']['ndcg@10']:.4f} hr@10 {m['test']['hr@10']:.4f} "
-                  f"(epoch {m['selected_epoch']}, {m['wall_seconds']:.0f}s)", flush=True)
+            m = train(
+                configs[name],
+                [f"out_dir={out}", f"seed={seed}", f"epochs={args.epochs}", f"patience={args.patience}", *args.extra],
+                work / f"{name}-s{seed}.log",
+            )
+            print(
+                f"{name} seed {seed}: test ndcg@10 {m['test']['ndcg@10']:.4f} hr@10 {m['test']['hr@10']:.4f} "
+                f"(epoch {m['selected_epoch']}, {m['wall_seconds']:.0f}s)",
+                flush=True,
+            )
     write_table(work)
 
 
@@ -106,7 +131,8 @@ def write_table(work: Path) -> None:
             m["threads"] = json.loads(info.read_text())["threads"] if info.exists() else 2
             runs.setdefault(name, []).append(m)
     lines = [
-        "# Quality: distillation vs the same backbone without it" + ("" if work.name == "quality" else f" ({work.name})"),
+        "# Quality: distillation vs the same backbone without it"
+        + ("" if work.name == "quality" else f" ({work.name})"),
         "",
         f"Verified as of {time.strftime('%Y-%m-%d')} with `python bench/run_quality.py` (budgets per row; "
         "`--collect` rebuilds this file from the runs).",
@@ -123,24 +149,36 @@ def write_table(work: Path) -> None:
     for name in names:
         ms = runs[name]
         secs = [statistics.mean(h["seconds"] for h in m["valid_history"]) for m in ms]
-        lines.append(f"| {name} | {len(ms)} | {fmt([m['test']['ndcg@10'] for m in ms])} | {fmt([m['test']['hr@10'] for m in ms])} | "
-                     f"{fmt([m['best_valid_ndcg@10'] for m in ms])} | {', '.join(str(m['selected_epoch']) for m in ms)} | "
-                     f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |")
-    lines += ["", "What the trained modality tables kept of the encoder (first seed of each run with features; "
-              "`trainer/retention.py`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
-              "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten. "
-              "kNN: validation NDCG@10 of ranking items by cosine to the user's last item in the table alone (history "
-              "excluded), for the stored features X and the trained V: how much next-item signal the table holds.", "",
-              "| config | modality | row cos(V, X) | pair-cosine r | kNN NDCG@10 of X | kNN NDCG@10 of V |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {len(ms)} | {fmt([m['test']['ndcg@10'] for m in ms])} | {fmt([m['test']['hr@10'] for m in ms])} | "
+            f"{fmt([m['best_valid_ndcg@10'] for m in ms])} | {', '.join(str(m['selected_epoch']) for m in ms)} | "
+            f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |"
+        )
+    lines += [
+        "",
+        "What the trained modality tables kept of the encoder (first seed of each run with features; "
+        "`trainer/retention.py`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
+        "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten. "
+        "kNN: validation NDCG@10 of ranking items by cosine to the user's last item in the table alone (history "
+        "excluded), for the stored features X and the trained V: how much next-item signal the table holds.",
+        "",
+        "| config | modality | row cos(V, X) | pair-cosine r | kNN NDCG@10 of X | kNN NDCG@10 of V |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in names:
         first = sorted(work.glob(f"{name}-s*/best/model.safetensors"))
         read = trained_tables(first[0].parent.parent) if first else (None, {})
         knn = run_knn(None, read=read) if read[1] else {}
         for modality, (row, pair) in run_retention(None, read[1]).items():
-            lines.append(f"| {name} | {modality} | {row:.3f} | {pair:.3f} | {knn[f'stored {modality}']:.4f} | "
-                         f"{knn[f'trained {modality}']:.4f} |")
-    lines += ["", "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):", ""]
+            lines.append(
+                f"| {name} | {modality} | {row:.3f} | {pair:.3f} | {knn[f'stored {modality}']:.4f} | "
+                f"{knn[f'trained {modality}']:.4f} |"
+            )
+    lines += [
+        "",
+        "Lift of distillation in test NDCG@10 (relative, of the means; seeds paired where both have them):",
+        "",
+    ]
     for name in names:
         if "-kd" not in name:
             continue
@@ -150,8 +188,10 @@ def write_table(work: Path) -> None:
                 ma, mb = (statistics.mean(m["test"]["ndcg@10"] for m in x) for x in (a, b))
                 pairs = [(x, y) for x in a for y in b if x["seed"] == y["seed"]]
                 wins = sum(x["test"]["ndcg@10"] > y["test"]["ndcg@10"] for x, y in pairs)
-                lines.append(f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
-                             f"higher in {wins} of {len(pairs)} seeds")
+                lines.append(
+                    f"- {name} vs {ref}: {ma:.4f} vs {mb:.4f} ({(ma / mb - 1) * 100:+.1f}%), "
+                    f"higher in {wins} of {len(pairs)} seeds"
+                )
     notes = REPO / "bench" / "results" / f"{work.name}_reading.md"  # written by hand: what the numbers say
     if not notes.exists():  # one reading covers the runs of every --work
         notes = REPO / "bench" / "results" / "quality_reading.md"

@@ -2,6 +2,7 @@
 
 YAML under configs/encode/ and configs/import/ states only what differs from the defaults here.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -37,7 +38,7 @@ class EncoderConfig(Config):
     batch_size: int = Field(64, gt=0)  # items per forward pass (length-sorted within a shard)
 
     @model_validator(mode="after")
-    def _check(self) -> "EncoderConfig":
+    def _check(self) -> EncoderConfig:
         if self.modality == "image" and self.pooling == "last_token":
             raise ValueError("pooling last_token is for decoder text models, not images")
         return self
@@ -70,6 +71,7 @@ class ResourcesConfig(Config):
     # reads the catalog itself (no Ray read tasks), so actors can never starve the input (the 2-core
     # deadlock of Ray Data read tasks queued behind 1-CPU actors cannot happen).
     cpus_per_actor: float | None = Field(None, gt=0)
+
 
 class EncodeConfig(Config):
     """`kdsr encode CONFIG`: embed a prepared dataset's items into a Zarr feature store."""

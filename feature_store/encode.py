@@ -9,6 +9,7 @@ Actors are used directly rather than Ray Data: measured here, Ray Data's fixed s
 share of a 12k-item job, and with the driver doing the reading there are no read tasks that the actors could
 starve of CPUs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,21 +25,44 @@ from feature_store.config import EncodeConfig, EncoderConfig, RayConfig
 from feature_store.models import resolve_model
 from feature_store.planner import Plan, plan_cpu, plan_gpu
 from feature_store.store import FeatureStore, StoreError, fingerprint
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 
 log = logging.getLogger(__name__)
 
 # Provenance keys a resumed run must share with the store it continues.
-RESUME_KEYS = ("modality", "model", "revision", "weights_hash", "pooling", "normalize", "precision", "quantization",
-               "max_length", "template", "image_column", "item_table_fingerprint", "item_fingerprint", "dtype", "shard_size")
+RESUME_KEYS = (
+    "modality",
+    "model",
+    "revision",
+    "weights_hash",
+    "pooling",
+    "normalize",
+    "precision",
+    "quantization",
+    "max_length",
+    "template",
+    "image_column",
+    "item_table_fingerprint",
+    "item_fingerprint",
+    "dtype",
+    "shard_size",
+)
 INFLIGHT_PER_ACTOR = 2  # one shard running, one queued: the actor never waits for the driver
 
 
 class ShardEncoder:
     """Ray actor: one loaded model, embeds whole shards and writes them to the store."""
 
-    def __init__(self, enc: dict, revision: str | None, store_path: str, base_dir: str, device: str,
-                 threads: int, max_memory: dict | None):
+    def __init__(
+        self,
+        enc: dict,
+        revision: str | None,
+        store_path: str,
+        base_dir: str,
+        device: str,
+        threads: int,
+        max_memory: dict | None,
+    ):
         import torch
         import transformers
 
@@ -115,8 +139,16 @@ def make_plan(cfg: EncodeConfig, resolved) -> Plan:
     from feature_store.models import count_parameters
 
     mem = res.gpu_memory_gib or ray.get(ray.remote(num_gpus=1)(_gpu_memory_gib).remote())
-    return plan_gpu(count_parameters(resolved, cfg.encoder), cfg.encoder.precision, cfg.encoder.quantization,
-                    mem, n_gpus, res.headroom, res.gpus_per_actor, res.num_actors)
+    return plan_gpu(
+        count_parameters(resolved, cfg.encoder),
+        cfg.encoder.precision,
+        cfg.encoder.quantization,
+        mem,
+        n_gpus,
+        res.headroom,
+        res.gpus_per_actor,
+        res.num_actors,
+    )
 
 
 def _gpu_memory_gib() -> float:
@@ -140,7 +172,9 @@ def build_inputs(cfg: EncodeConfig, ds: PreparedDataset) -> tuple[list[str], lis
         reasons = ["" if t is not None else "empty text" for t in inputs]
     else:
         if enc.image_column not in items.columns:
-            raise StoreError(f"{ds.path / 'items.parquet'}: no image column {enc.image_column!r} (columns: {', '.join(items.columns)})")
+            raise StoreError(
+                f"{ds.path / 'items.parquet'}: no image column {enc.image_column!r} (columns: {', '.join(items.columns)})"
+            )
         inputs = [None if v is None or not str(v).strip() else str(v) for v in items[enc.image_column].to_list()]
         reasons = ["" if v is not None else "no image" for v in inputs]
     return ids, inputs, reasons
@@ -180,8 +214,12 @@ def open_existing(cfg: EncodeConfig, ids: list[str], prov: dict[str, Any]) -> Fe
     except StoreError:
         if remote:  # "absent" and "not a store" look alike remotely; create (mode w-) refuses existing data
             return None
-        raise StoreError(f"{out.path}: exists and is not a feature store; choose another output.path or set output.overwrite=true") from None
-    check_resumable(store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size})
+        raise StoreError(
+            f"{out.path}: exists and is not a feature store; choose another output.path or set output.overwrite=true"
+        ) from None
+    check_resumable(
+        store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size}
+    )
     return store
 
 
@@ -190,8 +228,10 @@ def check_resumable(store: FeatureStore, expected: dict[str, Any]) -> None:
     diff = [k for k in RESUME_KEYS if k in expected and have.get(k) != expected[k]]
     if diff:
         lines = "; ".join(f"{k}: store {have.get(k)!r}, config {expected[k]!r}" for k in diff)
-        raise ResumeMismatchError(f"{store.path}: existing store was made with different settings ({lines}); "
-                                  "set output.overwrite=true to re-encode, or choose another output.path")
+        raise ResumeMismatchError(
+            f"{store.path}: existing store was made with different settings ({lines}); "
+            "set output.overwrite=true to re-encode, or choose another output.path"
+        )
 
 
 class Progress:
@@ -209,8 +249,15 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info("encode: %d/%d items (%.0f%%), %d errors, %.0f items/s, ETA %.0f s",
-                     self.done, self.total, 100 * self.done / max(self.total, 1), self.errors, rate, eta)
+            log.info(
+                "encode: %d/%d items (%.0f%%), %d errors, %.0f items/s, ETA %.0f s",
+                self.done,
+                self.total,
+                100 * self.done / max(self.total, 1),
+                self.errors,
+                rate,
+                eta,
+            )
 
 
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
@@ -237,20 +284,34 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
         opts = {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor}
         max_mem = plan.max_memory
         actors = [
-            actor_cls.options(**opts).remote(cfg.encoder.model_dump(), resolved.revision, str(out.path), str(ds.path),
-                                             plan.device, plan.torch_threads, max_mem)
+            actor_cls.options(**opts).remote(
+                cfg.encoder.model_dump(),
+                resolved.revision,
+                str(out.path),
+                str(ds.path),
+                plan.device,
+                plan.torch_threads,
+                max_mem,
+            )
             for _ in range(plan.num_actors)
         ]
         dim = ray.get(actors[0].dim.remote())
         if store is None:
-            store = FeatureStore.create(out.path, ids, dim, dtype=out.dtype, shard_size=out.shard_size, attrs=prov, overwrite=out.overwrite)
+            store = FeatureStore.create(
+                out.path, ids, dim, dtype=out.dtype, shard_size=out.shard_size, attrs=prov, overwrite=out.overwrite
+            )
         if store.dim != dim:
             raise StoreError(f"{out.path}: store has {store.dim} dims, the model gives {dim}")
         pending = store.pending_shards()
         t_ready = time.perf_counter()
-        log.info("encoding %d of %d shards (%d items) with %d actor(s); model ready after %.1f s",
-                 len(pending), store.n_shards, sum(b - a for a, b in map(store.shard_rows, pending)),
-                 len(actors), t_ready - t_start)
+        log.info(
+            "encoding %d of %d shards (%d items) with %d actor(s); model ready after %.1f s",
+            len(pending),
+            store.n_shards,
+            sum(b - a for a, b in map(store.shard_rows, pending)),
+            len(actors),
+            t_ready - t_start,
+        )
         results = dispatch(store, pending, inputs, reasons, actors, cfg.progress_every_s)
     finally:
         for a in actors:
@@ -271,8 +332,15 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     store.update_attrs(encode_runs=list(store.attrs.get("encode_runs", [])) + [summary])
-    log.info("encode done: %d items, %d errors, %.1f s, %.0f items/s end to end (%.0f items/s after a %.1f s start-up)",
-             items, summary["errors"], summary["seconds"], summary["items_per_s"], summary["steady_items_per_s"], summary["startup_s"])
+    log.info(
+        "encode done: %d items, %d errors, %.1f s, %.0f items/s end to end (%.0f items/s after a %.1f s start-up)",
+        items,
+        summary["errors"],
+        summary["seconds"],
+        summary["items_per_s"],
+        summary["steady_items_per_s"],
+        summary["startup_s"],
+    )
     return summary
 
 

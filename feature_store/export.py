@@ -3,6 +3,7 @@
 Rows stream from the store a chunk at a time into an Arrow file (no full copy in memory); the store's
 provenance goes into the dataset's description so it travels with the export.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,10 @@ def to_hf_dataset(store: FeatureStore, cache_dir: str | Path | None = None, keep
     import datasets
 
     if not store.is_complete():
-        raise StoreError(f"{store.path}: {len(store.pending_shards())} shards are not written yet; "
-                         "finish (resume) the encode before exporting")
+        raise StoreError(
+            f"{store.path}: {len(store.pending_shards())} shards are not written yet; "
+            "finish (resume) the encode before exporting"
+        )
     ids, mask = store.item_ids(), store.mask()
 
     def rows():
@@ -30,18 +33,23 @@ def to_hf_dataset(store: FeatureStore, cache_dir: str | Path | None = None, keep
             for r in range(block.shape[0]):
                 yield {"item_id": str(ids[start + r]), "embedding": block[r], "mask": bool(mask[start + r])}
 
-    features = datasets.Features({
-        "item_id": datasets.Value("string"),
-        "embedding": datasets.List(datasets.Value("float32"), length=store.dim),
-        "mask": datasets.Value("bool"),
-    })
+    features = datasets.Features(
+        {
+            "item_id": datasets.Value("string"),
+            "embedding": datasets.List(datasets.Value("float32"), length=store.dim),
+            "mask": datasets.Value("bool"),
+        }
+    )
     attrs = store.attrs
     info_attrs = {k: v for k, v in attrs.items() if k != "encode_runs"}
     # the fingerprint names the cache entry: it covers all attrs (creation time, provenance, encode_runs),
     # so a re-encoded, resumed or overwritten store gets a new cache entry instead of a stale one
     state = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ds = datasets.Dataset.from_generator(
-        rows, features=features, cache_dir=str(cache_dir) if cache_dir else None, keep_in_memory=keep_in_memory,
+        rows,
+        features=features,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        keep_in_memory=keep_in_memory,
         fingerprint=f"kdsr-{attrs.get('item_fingerprint')}-{store.dim}-{state}",
     )
     ds.info.description = "kdsr feature store export; provenance: " + json.dumps(info_attrs, default=str)

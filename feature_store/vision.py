@@ -3,12 +3,13 @@
 A missing, unreadable or corrupt image never stops a job: `load_image` returns the reason, the row is
 masked in the store and the reason recorded next to it (`FeatureStore.errors()`).
 """
+
 from __future__ import annotations
 
 import io
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,9 @@ from feature_store.config import EncoderConfig
 MAX_IMAGE_BYTES = 50 << 20  # refuse larger downloads: a catalog image is never this big
 
 
-def load_image(ref: str | None, base_dir: str | Path | None = None, timeout: float = 20.0,
-               allow_urls: bool = True) -> tuple[Image.Image | None, str]:
+def load_image(
+    ref: str | None, base_dir: str | Path | None = None, timeout: float = 20.0, allow_urls: bool = True
+) -> tuple[Image.Image | None, str]:
     """(RGB image, "") or (None, reason). Relative paths are taken from `base_dir` (the dataset folder).
     http(s) URLs are fetched from whatever host they name (trusted catalogs only); allow_urls=False refuses them."""
     if ref is None or not str(ref).strip():
@@ -80,7 +82,9 @@ class ImageEmbedder:
 
     def _autocast(self):
         on = self.cfg.precision != "fp32" and self.cfg.quantization == "none" and self.device == "cpu"
-        return torch.autocast("cpu", dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16, enabled=on)
+        return torch.autocast(
+            "cpu", dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16, enabled=on
+        )
 
     @torch.inference_mode()
     def _forward(self, images: list[Image.Image]) -> torch.Tensor:

@@ -5,16 +5,18 @@
     ray job submit --working-dir . -- python -m jobs.dissect configs/dissect/beauty-minilm.yaml
 
 Writes `<features>.dissect.zarr` (or `output`): a feature store of the reduced features plus `facets`,
-`centroids` and provenance, which `feature_store.dissect.Teacher.from_store` loads for training.
+`centroids` and provenance, which `dissect.Teacher.from_store` loads for training.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 
-from feature_store.dissect import DissectConfig, dissect
+from dissect.config import DissectConfig
+from dissect.run import dissect
 from kdsr.config import ConfigError, load_config
-from kdsr.prepare.dataset import DatasetError
+from kdsr.dataset import DatasetError
 
 
 def _log(msg: str) -> None:

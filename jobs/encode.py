@@ -6,13 +6,14 @@
 
 Under `ray job submit` the job joins that cluster by itself (RAY_ADDRESS is set for it).
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from jobs._cli import run_stage
 from kdsr.config import save_config
+from kdsr.entry import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,14 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     from feature_store.planner import PlanError
     from feature_store.store import StoreError
     from feature_store.text import TemplateError
-    from kdsr.prepare.dataset import DatasetError
+    from kdsr.dataset import DatasetError
 
     def keep_config(cfg: EncodeConfig) -> None:
         if "://" not in cfg.output.path:
             save_config(cfg, Path(cfg.output.path), name="encode-config.yaml")
 
-    return run_stage("encode", __doc__, argv, EncodeConfig, run_encode,
-                     (StoreError, ModelError, DatasetError, TemplateError, PlanError), after=keep_config)
+    return run_stage(
+        "encode",
+        __doc__,
+        argv,
+        EncodeConfig,
+        run_encode,
+        (StoreError, ModelError, DatasetError, TemplateError, PlanError),
+        after=keep_config,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`kdsr evaluate RUN_DIR [eval.key=value ...]`: re-evaluate a saved run from its selected checkpoint."""
+
 from __future__ import annotations
 
 import sys

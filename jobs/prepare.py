@@ -8,6 +8,7 @@
 `--download CATEGORY` needs an `amazon:` source: it fetches the official review and metadata dumps of that
 category into amazon.download_dir (unless present) and prepares them; offline it fails within seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,16 +19,20 @@ from kdsr.config import ConfigError, load_config
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kdsr prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kdsr prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config", help="YAML under configs/prepare/")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    parser.add_argument("--download", metavar="CATEGORY", help="fetch this Amazon category's official dumps first (amazon source)")
+    parser.add_argument(
+        "--download", metavar="CATEGORY", help="fetch this Amazon category's official dumps first (amazon source)"
+    )
     args = parser.parse_args(argv)
 
-    from kdsr.prepare.amazon import DownloadError, download
-    from kdsr.prepare.config import PrepareConfig
-    from kdsr.prepare.readers import InputError
-    from kdsr.prepare.run import prepare
+    from prepare.amazon import DownloadError, download
+    from prepare.config import PrepareConfig
+    from prepare.readers import InputError
+    from prepare.run import prepare
 
     overrides = list(args.overrides)
     if args.download:
@@ -60,7 +65,7 @@ def _has_amazon_section(path: str) -> bool:
 
 
 def summary(out, seconds: float) -> str:
-    from kdsr.prepare.dataset import PreparedDataset
+    from kdsr.dataset import PreparedDataset
 
     s = PreparedDataset.open(out).stats
     lines = [

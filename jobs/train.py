@@ -4,6 +4,7 @@
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_machines 1 --num_processes 2 \
         -m trainer.train configs/train/beauty-sasrec-kd.yaml      # two CPU ranks (gloo), one shared model
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,9 +1,11 @@
 """kdsr: correlation distillation from large frozen encoders into sequential recommenders.
 
-Shared core: typed configs (`kdsr.config`), the `kdsr` command line (`kdsr.cli`), data preparation
-(`kdsr.prepare`). The encoders and the Zarr store live in `feature_store`, training in `trainer`, and the
-stage entry points (`python -m jobs.<stage>`) in `jobs`.
+This package is the shared core every stage imports: typed configs (`config`), where data lives (`paths`),
+the prepared-dataset contract (`dataset`), the error base (`errors`) and one logging setup (`logs`). It
+imports no stage. The stages sit above it: `prepare`, `feature_store`, `dissect`, `trainer`; the entry
+points and the orchestration (`kdsr` CLI, pipeline, report) in `jobs`.
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -4,20 +4,24 @@ Every stage defines its config as a tree of `Config` models (pydantic, unknown k
 mistyped key, a missing required key or a value of the wrong type fails at load time with a message that
 names the file and the dotted key, instead of surfacing as a KeyError an hour into a run.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from kdsr.errors import KdsrError
+
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(KdsrError, ValueError):
     """A config file or override that does not fit its schema; the message names the file and key."""
 
 
@@ -56,7 +60,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str], schema: type[BaseModel]
             last = i == len(path) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {text!r}: {'.'.join(path[:i])} has {len(node)} entries, no index {part!r}")
+                    raise ConfigError(
+                        f"override {text!r}: {'.'.join(path[:i])} has {len(node)} entries, no index {part!r}"
+                    )
                 part = int(part)
             elif not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {'.'.join(path[:i])!r} is not a section")
@@ -142,12 +148,14 @@ def expand_env(value: Any) -> Any:
     if isinstance(value, list):
         return [expand_env(v) for v in value]
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)
             raise ConfigError(f"environment variable {m.group(1)} is not set (used as {m.group(0)})")
+
         return _ENV.sub(sub, value)
     return value
 

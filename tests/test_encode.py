@@ -3,6 +3,7 @@
 The whole catalog is encoded once per session (about a minute on 2 cores) and checked item by item
 against sentence-transformers' own `encode` of the same titles with the same model.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from feature_store.encode import ResumeMismatchError, run_encode
 from feature_store.store import FeatureStore
 from jobs import encode as encode_job
 from kdsr.config import load_config
-from conftest import write_prepared
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
+from toydata import catalog_only
 
 CONFIG = "configs/encode/beauty-minilm.yaml"
 
@@ -33,7 +34,7 @@ def make_prepared(path, data_dir, limit: int | None = None, extra: dict | None =
         "title",
         *[pl.Series(k, v) for k, v in (extra or {}).items()],
     )
-    return write_prepared(path, items)
+    return catalog_only(path, items)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,9 @@ def test_matches_sentence_transformers_on_every_beauty_title(beauty_store, beaut
     got = beauty_store.read_all()
     assert got.shape == (12086, 384) and beauty_store.mask().all()
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1)
-    assert cos.min() >= 0.999, f"{(cos < 0.999).sum()} items below cosine 0.999, worst {cos.min():.5f} at row {cos.argmin()}"
+    assert cos.min() >= 0.999, (
+        f"{(cos < 0.999).sum()} items below cosine 0.999, worst {cos.min():.5f} at row {cos.argmin()}"
+    )
 
 
 def test_provenance_and_reader_contract(beauty_store, beauty):
@@ -91,7 +94,12 @@ def test_resume_with_other_settings_is_refused(beauty_store, beauty, capsys):
 
 
 def test_bad_model_or_output_is_reported_without_traceback(beauty, tmp_path, capsys):
-    assert encode_job.main([CONFIG, f"dataset={beauty.path}", f"output.path={tmp_path / 's'}", "encoder.model=/no/such/model"]) == 1
+    assert (
+        encode_job.main(
+            [CONFIG, f"dataset={beauty.path}", f"output.path={tmp_path / 's'}", "encoder.model=/no/such/model"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "kdsr encode: error: model '/no/such/model'" in err and "Traceback" not in err
     (tmp_path / "file").write_text("not a store")

@@ -2,6 +2,7 @@
 
 Pooling, padding independence, broken images, int8/nf4 loads, the model resolver.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,15 @@ def tiny_llama(tmp_path_factory, minilm_path):
     """A 2-layer Llama (random init) with MiniLM's tokenizer: the shape of a decoder LLM, in a few MB."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = transformers.LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -109,19 +117,49 @@ def test_resolver_bundled_fallback_and_clear_error(monkeypatch, minilm_path):
 def _vision_model(kind: str, path):
     torch.manual_seed(0)
     if kind == "vit":
-        cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-        model, proc, pooling = transformers.ViTModel(cfg), transformers.ViTImageProcessor(size={"height": 32, "width": 32}), "pooler"
+        cfg = transformers.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+        model, proc, pooling = (
+            transformers.ViTModel(cfg),
+            transformers.ViTImageProcessor(size={"height": 32, "width": 32}),
+            "pooler",
+        )
     elif kind == "clip":
-        cfg = transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        cfg = transformers.CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
         model = transformers.CLIPVisionModel(cfg)
-        proc, pooling = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), "pooler"
+        proc, pooling = (
+            transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            "pooler",
+        )
     elif kind == "dinov2":
-        cfg = transformers.Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        cfg = transformers.Dinov2Config(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+        )
         model = transformers.Dinov2Model(cfg)
-        proc, pooling = transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), "cls"
+        proc, pooling = (
+            transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            "cls",
+        )
     else:
         cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-        model, proc, pooling = transformers.ResNetModel(cfg), transformers.ConvNextImageProcessor(size={"shortest_edge": 32}), "mean"
+        model, proc, pooling = (
+            transformers.ResNetModel(cfg),
+            transformers.ConvNextImageProcessor(size={"shortest_edge": 32}),
+            "mean",
+        )
     model.save_pretrained(path)
     proc.save_pretrained(path)
     return pooling
@@ -151,7 +189,11 @@ def test_vision_encoders_and_broken_images(tmp_path, images, kind):
     out, mask, reasons = emb.embed(REFS)
     assert mask.tolist() == [True, False, False, False, True, False, False, True]
     assert "missing image file" in reasons[1] and reasons[2].startswith("unreadable image corrupt.jpg")
-    assert reasons[3] == "no image" and reasons[5].startswith("unreadable image truncated.png") and "unsupported" in reasons[6]
+    assert (
+        reasons[3] == "no image"
+        and reasons[5].startswith("unreadable image truncated.png")
+        and "unsupported" in reasons[6]
+    )
     assert all(r == "" for r, m in zip(reasons, mask) if m)
     np.testing.assert_allclose(np.linalg.norm(out[mask], axis=1), 1.0, atol=1e-5)
     assert not out[~mask].any()
@@ -162,12 +204,27 @@ def test_vision_encoders_and_broken_images(tmp_path, images, kind):
 
 def test_clip_full_checkpoint_uses_the_vision_tower(tmp_path, images):
     cfg = transformers.CLIPConfig(
-        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 100,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
         projection_dim=16,
     )
     transformers.CLIPModel(cfg).save_pretrained(tmp_path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path
+    )
     ecfg = EncoderConfig(modality="image", model=str(tmp_path), pooling="pooler")
     model, proc = load_model(ecfg, resolve_model(ecfg.model))
     assert isinstance(model, transformers.CLIPVisionModel)

@@ -2,6 +2,7 @@
 
 Small catalogs (the real Beauty titles, first few hundred items), each test starts its own Ray.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,20 +19,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_encode import CONFIG, make_prepared  # noqa: E402 (tests/ is on sys.path under pytest)
 
 from feature_store.store import FeatureStore
 from jobs import encode as encode_job
 from kdsr.paths import REPO_ROOT
-from test_encode import CONFIG, make_prepared  # noqa: E402 (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.slow
 VENV_BIN = str(Path(sys.executable).parent)
 
 
 def _env() -> dict:
-    return {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1",
-            "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
-            "RAY_AUTH_MODE": "token"}  # Ray 2.60 heads want a token; the CLI sends ~/.ray/auth_token only in token mode
+    return {
+        **os.environ,
+        "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_AUTH_MODE": "token",
+    }  # Ray 2.60 heads want a token; the CLI sends ~/.ray/auth_token only in token mode
 
 
 def _kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
@@ -54,10 +60,23 @@ def _kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     ds = make_prepared(tmp_path / "beauty", data_dir, limit=1200)
     out = tmp_path / "store"
-    args = [CONFIG, f"dataset={ds.path}", f"output.path={out}", "output.shard_size=50", "encoder.batch_size=16",
-            "resources.torch_threads=1", "progress_every_s=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.encode", *args], cwd=REPO_ROOT, env=_env(),
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        CONFIG,
+        f"dataset={ds.path}",
+        f"output.path={out}",
+        "output.shard_size=50",
+        "encoder.batch_size=16",
+        "resources.torch_threads=1",
+        "progress_every_s=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.encode", *args],
+        cwd=REPO_ROOT,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     done_before: list[int] = []
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -109,13 +128,30 @@ def test_ray_job_submit_to_a_local_head(tmp_path, data_dir):
     out = tmp_path / "store"
     gcs, dash, client, agent, agent_grpc, metrics, rt_env, node, obj = _free_ports(9)
     head = subprocess.Popen(
-        [f"{VENV_BIN}/ray", "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0", f"--port={gcs}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={rt_env}", f"--node-manager-port={node}", f"--object-manager-port={obj}",
-         f"--temp-dir={tempfile.mkdtemp(prefix='/tmp/kr')}"],
-        env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            f"{VENV_BIN}/ray",
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            f"--port={gcs}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={rt_env}",
+            f"--node-manager-port={node}",
+            f"--object-manager-port={obj}",
+            f"--temp-dir={tempfile.mkdtemp(prefix='/tmp/kr')}",
+        ],
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         address = f"http://127.0.0.1:{dash}"
@@ -130,9 +166,27 @@ def test_ray_job_submit_to_a_local_head(tmp_path, data_dir):
                 assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
                 time.sleep(1)
         sub = subprocess.run(
-            [f"{VENV_BIN}/ray", "job", "submit", f"--address={address}", "--working-dir", ".", "--",
-             "python", "-m", "jobs.encode", CONFIG, f"dataset={ds.path}", f"output.path={out}", "output.shard_size=64"],
-            cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=400,
+            [
+                f"{VENV_BIN}/ray",
+                "job",
+                "submit",
+                f"--address={address}",
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "-m",
+                "jobs.encode",
+                CONFIG,
+                f"dataset={ds.path}",
+                f"output.path={out}",
+                "output.shard_size=64",
+            ],
+            cwd=REPO_ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
         assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
         assert "encode done: 200 items, 0 errors" in sub.stdout + sub.stderr
@@ -148,8 +202,16 @@ def test_images_through_ray_record_broken_ones(tmp_path, data_dir):
     from PIL import Image
 
     vit = tmp_path / "vit"
-    transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                                 num_attention_heads=2, intermediate_size=64)).save_pretrained(vit)
+    transformers.ViTModel(
+        transformers.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(vit)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
     img = tmp_path / "img"
     img.mkdir()
@@ -167,8 +229,11 @@ def test_images_through_ray_record_broken_ones(tmp_path, data_dir):
             Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(img / f"{i}.png")
             refs.append(f"../img/{i}.png")  # relative to the dataset folder
     ds = make_prepared(tmp_path / "beauty", data_dir, limit=12, extra={"image": refs})
-    cfg = {"dataset": str(ds.path), "encoder": {"modality": "image", "model": str(vit), "pooling": "cls", "batch_size": 4},
-           "output": {"path": str(tmp_path / "store"), "dtype": "float16", "shard_size": 5}}
+    cfg = {
+        "dataset": str(ds.path),
+        "encoder": {"modality": "image", "model": str(vit), "pooling": "cls", "batch_size": 4},
+        "output": {"path": str(tmp_path / "store"), "dtype": "float16", "shard_size": 5},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert encode_job.main([str(tmp_path / "c.yaml")]) == 0
     store = FeatureStore.open(tmp_path / "store")

@@ -1,4 +1,5 @@
 """The loss terms against brute-force loops over sequences and pairs, on the real teacher's mask layout."""
+
 import math
 
 import pytest

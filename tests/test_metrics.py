@@ -1,4 +1,5 @@
 """Ranking metrics against rankings computed by hand, ties included (counted against the target)."""
+
 import math
 
 import pytest
@@ -10,8 +11,13 @@ KS = [1, 2, 5]
 
 
 def metrics(scores, relevant, seen=None, ks=KS, sampled=None, gen=None):
-    s = candidate_scores(torch.tensor(scores, dtype=torch.float), None if seen is None else torch.tensor(seen),
-                         torch.tensor(relevant), sampled, gen)
+    s = candidate_scores(
+        torch.tensor(scores, dtype=torch.float),
+        None if seen is None else torch.tensor(seen),
+        torch.tensor(relevant),
+        sampled,
+        gen,
+    )
     ranks = target_ranks(s, torch.tensor(relevant))
     return ranks, {k: v.tolist() for k, v in ranking_metrics(ranks, ks).items()}
 

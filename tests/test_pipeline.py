@@ -1,5 +1,6 @@
 """`kdsr pipeline` end to end on ml-100k with the real MiniLM: every stage runs, the report holds the
 measured table, and a second run skips every stage because nothing changed."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from kdsr.cli import main as kdsr
+from jobs.cli import main as kdsr
 
 
 @pytest.mark.slow
@@ -17,10 +18,14 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
         "name": "ml-100k-smoke",
         "out_dir": str(out),
         "prepare": {"config": "configs/prepare/ml-100k.yaml", "overrides": [f"output_dir={tmp_path}/data"]},
-        "encode": {"config": "configs/encode/beauty-minilm.yaml",
-                   "overrides": [f"output.path={tmp_path}/minilm", "encoder.template={movie_title}"]},
-        "dissect": {"config": "configs/dissect/beauty-minilm.yaml",
-                    "overrides": ["codebook.random_pairs=20000", "codebook.cooccur_pairs=20000", "codebook.n_codes=8"]},
+        "encode": {
+            "config": "configs/encode/beauty-minilm.yaml",
+            "overrides": [f"output.path={tmp_path}/minilm", "encoder.template={movie_title}"],
+        },
+        "dissect": {
+            "config": "configs/dissect/beauty-minilm.yaml",
+            "overrides": ["codebook.random_pairs=20000", "codebook.cooccur_pairs=20000", "codebook.n_codes=8"],
+        },
         "train": [
             {"label": "ID only", "config": "configs/train/beauty-sasrec.yaml", "overrides": [f"out_dir={out}/id"]},
             {"label": "distilled", "config": "configs/train/beauty-sasrec-kd.yaml", "overrides": [f"out_dir={out}/kd"]},

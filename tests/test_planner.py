@@ -1,4 +1,5 @@
 """The sharding planner on 7B/13B/70B-shaped Llama configs and typical GPU sizes (no weights loaded)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,14 @@ def params(tmp_path_factory):
     out = {}
     for name, (h, i, n, a, kv) in LLAMA.items():
         d = tmp_path_factory.mktemp(name)
-        transformers.LlamaConfig(vocab_size=32000, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
-                                 num_attention_heads=a, num_key_value_heads=kv).save_pretrained(d)
+        transformers.LlamaConfig(
+            vocab_size=32000,
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            num_key_value_heads=kv,
+        ).save_pretrained(d)
         out[name] = count_parameters(ResolvedModel(name, str(d), None, "local", None), EncoderConfig(model=str(d)))
     return out
 
@@ -37,16 +44,16 @@ def test_parameter_counts_match_the_published_sizes(params):
 @pytest.mark.parametrize(
     "model, precision, quant, gpu_gib, n_gpus, want_k, want_actors",
     [
-        ("7b", "bf16", "none", 24, 1, 1, 1),     # 12.3 GiB on a 24 GiB card (18 usable)
-        ("7b", "fp32", "none", 24, 4, 2, 2),     # 24.6 GiB: two 24 GiB cards per actor
+        ("7b", "bf16", "none", 24, 1, 1, 1),  # 12.3 GiB on a 24 GiB card (18 usable)
+        ("7b", "fp32", "none", 24, 4, 2, 2),  # 24.6 GiB: two 24 GiB cards per actor
         ("7b", "bf16", "none", 80, 8, 1, 8),
-        ("13b", "bf16", "none", 24, 4, 2, 2),    # 24.3 GiB > 18 usable
-        ("13b", "int8", "none", 24, 4, 1, 4),    # quantized: (0.85 x 1 + 0.15 x 2) B/param = 13.9 GiB
+        ("13b", "bf16", "none", 24, 4, 2, 2),  # 24.3 GiB > 18 usable
+        ("13b", "int8", "none", 24, 4, 1, 4),  # quantized: (0.85 x 1 + 0.15 x 2) B/param = 13.9 GiB
         ("13b", "bf16", "none", 40, 8, 1, 8),
-        ("70b", "bf16", "none", 80, 8, 3, 2),    # 126.5 GiB over 60 usable per card
+        ("70b", "bf16", "none", 80, 8, 3, 2),  # 126.5 GiB over 60 usable per card
         ("70b", "bf16", "none", 40, 8, 5, 1),
         ("70b", "int8", "none", 80, 8, 2, 4),
-        ("70b", "nf4", "none", 80, 8, 1, 8),     # (0.85 x 0.5 + 0.3) B/param = 45.9 GiB
+        ("70b", "nf4", "none", 80, 8, 1, 8),  # (0.85 x 0.5 + 0.3) B/param = 45.9 GiB
         ("70b", "nf4", "none", 24, 8, 3, 2),
     ],
 )
@@ -83,9 +90,15 @@ def test_user_fixed_actor_count_and_gpus(params):
     assert plan.num_actors == 4 and plan.notes
 
 
-@pytest.mark.parametrize("cpus, actors, threads, want_actors, want_threads", [
-    (2, None, None, 1, 2), (16, None, None, 2, 8), (2, 2, None, 2, 1), (64, None, 4, 16, 4),
-])
+@pytest.mark.parametrize(
+    "cpus, actors, threads, want_actors, want_threads",
+    [
+        (2, None, None, 1, 2),
+        (16, None, None, 2, 8),
+        (2, 2, None, 2, 1),
+        (64, None, 4, 16, 4),
+    ],
+)
 def test_cpu_plans_never_starve(cpus, actors, threads, want_actors, want_threads):
     plan = plan_cpu(cpus, actors, threads)
     assert (plan.num_actors, plan.torch_threads) == (want_actors, want_threads)

@@ -1,4 +1,5 @@
 """`kdsr prepare` on the real shared data: every input format, the three split protocols, k-core, stats."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ import polars as pl
 import pytest
 
 from kdsr.config import load_config, validate_config
+from kdsr.dataset import PreparedDataset
 from kdsr.paths import REPO_ROOT
-from kdsr.prepare.config import PrepareConfig
-from kdsr.prepare.dataset import PreparedDataset
-from kdsr.prepare.readers import InputError
-from kdsr.prepare.run import prepare
+from prepare.config import PrepareConfig
+from prepare.readers import InputError
+from prepare.run import prepare
 
 CONFIGS = REPO_ROOT / "configs" / "prepare"
 
@@ -40,14 +41,31 @@ def check_contract(ds: PreparedDataset) -> None:
     assert ds.users["user"].to_list() == list(range(1, ds.n_users + 1))
     assert ds.items["original_id"].n_unique() == ds.n_items and ds.users["original_id"].n_unique() == ds.n_users
     inter = ds.interactions
-    assert dict(inter.schema) == {"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64, "position": pl.Int32, "split": pl.Utf8}
+    assert dict(inter.schema) == {
+        "user": pl.Int32,
+        "item": pl.Int32,
+        "timestamp": pl.Int64,
+        "position": pl.Int32,
+        "split": pl.Utf8,
+    }
     assert inter.equals(inter.sort(["user", "position"]))
     assert set(inter["split"].unique()) <= {"train", "valid", "test"}
     assert inter["item"].min() >= 1 and inter["item"].max() == ds.n_items and inter["user"].n_unique() == ds.n_users
     assert inter.select((pl.col("position") == pl.int_range(pl.len()).over("user")).all()).item()
     assert inter.select((pl.col("timestamp").diff().over("user").fill_null(0) >= 0).all()).item()
     s = ds.stats
-    for key in ("name", "protocol", "n_users", "n_items", "n_interactions", "seq_len", "split", "dropped", "source", "text_fields"):
+    for key in (
+        "name",
+        "protocol",
+        "n_users",
+        "n_items",
+        "n_interactions",
+        "seq_len",
+        "split",
+        "dropped",
+        "source",
+        "text_fields",
+    ):
         assert key in s
     assert s["n_interactions"] == inter.height and sum(s["split"].values()) == inter.height
     for kind, kept in (("interactions", s["n_interactions"]), ("items", s["n_items"])):
@@ -60,6 +78,7 @@ def check_contract(ds: PreparedDataset) -> None:
 
 
 # ---- input format 1: generic Parquet tables -------------------------------------------------------
+
 
 def test_beauty_defaults_match_the_published_counts(beauty):
     check_contract(beauty)
@@ -75,8 +94,10 @@ def test_beauty_keeps_the_record_order_of_equal_timestamps(beauty, data_dir):
     expected = src.group_by("user_id", maintain_order=True).agg(pl.col("item_id").cast(pl.Utf8))
     got = (
         beauty.interactions.join(beauty.items.select("item", "original_id"), on="item")
-        .join(beauty.users.rename({"original_id": "u"}), on="user").sort("user", "position")
-        .group_by("u", maintain_order=True).agg("original_id")
+        .join(beauty.users.rename({"original_id": "u"}), on="user")
+        .sort("user", "position")
+        .group_by("u", maintain_order=True)
+        .agg("original_id")
     )
     got = dict(zip(got["u"].cast(pl.Int64).to_list(), got["original_id"].to_list()))
     assert dict(zip(expected["user_id"].to_list(), expected["item_id"].to_list())) == got
@@ -98,6 +119,7 @@ def test_ml1m_parquet(data_dir, tmp_path):
 
 # ---- input format 2: RecBole atomic files (and k-core on data that is not pre-filtered) -----------
 
+
 def reference_kcore(pairs: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:
     """An independent plain-Python iterative k-core, to check the polars one."""
     while True:
@@ -115,7 +137,9 @@ def test_ml100k_kcore_matches_reference(data_dir, tmp_path, k):
     raw = pl.read_csv(data_dir / "ml-100k" / "ml-100k.inter", separator="\t", infer_schema=False)
     expected = reference_kcore(list(zip(raw["user_id:token"], raw["item_id:token"])), k)
     assert raw.height == 100_000 and len(expected) < raw.height  # the filter really removes rows
-    got = ds.interactions.join(ds.users.rename({"original_id": "u"}), on="user").join(ds.items.rename({"original_id": "i"}), on="item")
+    got = ds.interactions.join(ds.users.rename({"original_id": "u"}), on="user").join(
+        ds.items.rename({"original_id": "i"}), on="item"
+    )
     assert sorted(zip(got["u"], got["i"])) == sorted(expected)
     assert ds.interactions.group_by("user").len()["len"].min() >= k
     assert ds.interactions.group_by("item").len()["len"].min() >= k
@@ -125,7 +149,9 @@ def test_ml100k_kcore_matches_reference(data_dir, tmp_path, k):
 
 def test_ml100k_rating_threshold_and_text(data_dir, tmp_path):
     ds = run_config("ml-100k", tmp_path / "ml-100k", "filter.rating_threshold=4", "filter.kcore=0")
-    raw = pl.read_csv(data_dir / "ml-100k" / "ml-100k.inter", separator="\t", schema_overrides={"rating:float": pl.Float64})
+    raw = pl.read_csv(
+        data_dir / "ml-100k" / "ml-100k.inter", separator="\t", schema_overrides={"rating:float": pl.Float64}
+    )
     below = raw.filter(pl.col("rating:float") < 4).height
     assert ds.stats["dropped"]["interactions.rating_below_threshold"] == below
     check_contract(ds)
@@ -135,6 +161,7 @@ def test_ml100k_rating_threshold_and_text(data_dir, tmp_path):
 
 
 # ---- input format 2b: UniSRec / RecBole split files ------------------------------------------------
+
 
 def read_split_file(path: Path) -> pl.DataFrame:
     df = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None)
@@ -147,16 +174,31 @@ def test_recbole_split_keeps_the_files_split(data_dir, tmp_path, name, users, it
     check_contract(ds)
     assert (ds.n_users, ds.n_items) == (users, items) and ds.stats["protocol"] == "given"
     folder = data_dir / name
-    item_asin = pl.read_csv(folder / "Scientific.item2index", separator="\t", has_header=False, new_columns=["asin", "i"], infer_schema=False)
-    user_name = pl.read_csv(folder / "Scientific.user2index", separator="\t", has_header=False, new_columns=["name", "u"], infer_schema=False)
+    item_asin = pl.read_csv(
+        folder / "Scientific.item2index",
+        separator="\t",
+        has_header=False,
+        new_columns=["asin", "i"],
+        infer_schema=False,
+    )
+    user_name = pl.read_csv(
+        folder / "Scientific.user2index",
+        separator="\t",
+        has_header=False,
+        new_columns=["name", "u"],
+        infer_schema=False,
+    )
     asin = dict(zip(item_asin["i"], item_asin["asin"]))
     uname = dict(zip(user_name["u"], user_name["name"]))
     # item r + 1 is row r of the index (and of Scientific.feat*CLS)
     assert ds.item_original_ids() == item_asin.sort(pl.col("i").cast(pl.Int64))["asin"].to_list()
 
     seqs = (
-        ds.interactions.join(ds.items.select("item", "original_id"), on="item").join(ds.users.rename({"original_id": "u"}), on="user")
-        .sort("user", "position").group_by("u", maintain_order=True).agg("original_id", "split")
+        ds.interactions.join(ds.items.select("item", "original_id"), on="item")
+        .join(ds.users.rename({"original_id": "u"}), on="user")
+        .sort("user", "position")
+        .group_by("u", maintain_order=True)
+        .agg("original_id", "split")
     )
     seqs = {u: (items_, splits) for u, items_, splits in seqs.iter_rows()}
     for split_name, offset in (("valid", 2), ("test", 1)):
@@ -184,16 +226,23 @@ def test_recbole_split_refuses_filters_that_change_the_split(data_dir, tmp_path)
 
 # ---- split protocols ---------------------------------------------------------------------------
 
+
 def test_leave_one_out(beauty):
     inter = beauty.interactions.with_columns(pl.len().over("user").alias("n"))
-    assert (inter.filter(pl.col("split") == "test")["position"] == inter.filter(pl.col("split") == "test")["n"] - 1).all()
-    assert (inter.filter(pl.col("split") == "valid")["position"] == inter.filter(pl.col("split") == "valid")["n"] - 2).all()
+    assert (
+        inter.filter(pl.col("split") == "test")["position"] == inter.filter(pl.col("split") == "test")["n"] - 1
+    ).all()
+    assert (
+        inter.filter(pl.col("split") == "valid")["position"] == inter.filter(pl.col("split") == "valid")["n"] - 2
+    ).all()
     assert beauty.stats["split"] == {"train": 198215 - 2 * 22332, "valid": 22332, "test": 22332}
 
 
 def test_leave_one_out_drops_and_counts_short_users(data_dir, tmp_path):
     ds = run_config("ml-100k", tmp_path / "m", "filter.kcore=0", "filter.rating_threshold=5")
-    rated5 = pl.read_csv(data_dir / "ml-100k" / "ml-100k.inter", separator="\t", schema_overrides={"rating:float": pl.Float64})
+    rated5 = pl.read_csv(
+        data_dir / "ml-100k" / "ml-100k.inter", separator="\t", schema_overrides={"rating:float": pl.Float64}
+    )
     per_user = rated5.filter(pl.col("rating:float") >= 5).group_by("user_id:token").len()
     short = per_user.filter(pl.col("len") < 3)
     assert short.height > 0
@@ -215,7 +264,9 @@ def test_ratio_split(beauty, tmp_path):
 
 
 def test_temporal_split(beauty, tmp_path):
-    ds = run_config("beauty", tmp_path / "t", "split.protocol=temporal", "split.test_ratio=0.2", "split.valid_ratio=0.1")
+    ds = run_config(
+        "beauty", tmp_path / "t", "split.protocol=temporal", "split.test_ratio=0.2", "split.valid_ratio=0.1"
+    )
     check_contract(ds)
     inter, details = ds.interactions, ds.stats["split_details"]
     by = {s: inter.filter(pl.col("split") == s)["timestamp"] for s in ("train", "valid", "test")}
@@ -225,18 +276,25 @@ def test_temporal_split(beauty, tmp_path):
     assert sum(ds.stats["dropped"].values()) == 0
 
     cut = int(by["test"].min())
-    fixed = run_config("beauty", tmp_path / "t2", "split.protocol=temporal", f"split.test_start={cut}", f"split.valid_start={cut}")
+    fixed = run_config(
+        "beauty", tmp_path / "t2", "split.protocol=temporal", f"split.test_start={cut}", f"split.valid_start={cut}"
+    )
     assert fixed.stats["split"]["valid"] == 0 and fixed.stats["split"]["test"] == by["test"].len()
 
 
 # ---- the command line ------------------------------------------------------------------------------
 
+
 def test_cli_prints_summary_and_writes_outputs(data_dir, tmp_path, capsys):
-    from kdsr.cli import main
+    from jobs.cli import main
 
     assert main(["prepare", str(CONFIGS / "scientific-mm.yaml"), f"output_dir={tmp_path / 'out'}"]) == 0
     out = capsys.readouterr().out
-    assert "2,928 users, 1,585 items, 19,712 interactions" in out and "dropped: nothing" in out and str(tmp_path / "out") in out
+    assert (
+        "2,928 users, 1,585 items, 19,712 interactions" in out
+        and "dropped: nothing" in out
+        and str(tmp_path / "out") in out
+    )
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["split"]["test"] == 2928
     saved = load_config(PrepareConfig, tmp_path / "out" / "config.yaml")
@@ -260,4 +318,7 @@ def test_sequences_helper(scientific):
     full = scientific.sequences()
     assert train.height == full.height == scientific.n_users
     assert (full["item"].list.len() - train["item"].list.len() == 2).all()
-    assert validate_config(PrepareConfig, {"name": "x", "output_dir": "o", "recbole_split": {"path": "p"}}).split.protocol == "leave_one_out"
+    assert (
+        validate_config(PrepareConfig, {"name": "x", "output_dir": "o", "recbole_split": {"path": "p"}}).split.protocol
+        == "leave_one_out"
+    )

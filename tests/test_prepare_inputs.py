@@ -1,6 +1,7 @@
 """`kdsr prepare` inputs that the shared data does not hold as files: Amazon 2014/2018/2023 dumps (fixtures
 written here in the documented schemas), Hugging Face datasets (a local save_to_disk folder built from the
 real Beauty data), CSV tables, `--download` offline, and every kind of bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,11 +12,11 @@ import polars as pl
 import pytest
 
 from kdsr.config import validate_config
-from kdsr.prepare.amazon import DownloadError, download, official_urls
-from kdsr.prepare.config import AmazonSource, PrepareConfig
-from kdsr.prepare.dataset import PreparedDataset
-from kdsr.prepare.readers import InputError
-from kdsr.prepare.run import prepare
+from kdsr.dataset import PreparedDataset
+from prepare.amazon import DownloadError, download, official_urls
+from prepare.config import AmazonSource, PrepareConfig
+from prepare.readers import InputError
+from prepare.run import prepare
 
 
 def config(tmp_path: Path, **sections) -> PrepareConfig:
@@ -34,46 +35,134 @@ def write_lines(path: Path, lines: list[str], gz: bool = False) -> Path:
 
 
 # Three users x three items; u1 has two reviews on the same day (record order must decide).
-REVIEWS = [("u1", "A", 5.0, 100), ("u1", "B", 4.0, 100), ("u1", "C", 2.0, 300),
-           ("u2", "B", 5.0, 50), ("u2", "A", 3.0, 60), ("u2", "C", 5.0, 70),
-           ("u3", "C", 4.0, 10), ("u3", "A", 4.0, 20), ("u3", "B", 1.0, 30)]
-META = {"A": ("Lipstick red", ["Beauty", "Makeup"], "Brand A"), "B": ("Shampoo", ["Beauty", "Hair"], "Brand B"),
-        "C": ("Soap", ["Beauty", "Bath"], None), "D": ("Never reviewed", ["Beauty"], "D")}
+REVIEWS = [
+    ("u1", "A", 5.0, 100),
+    ("u1", "B", 4.0, 100),
+    ("u1", "C", 2.0, 300),
+    ("u2", "B", 5.0, 50),
+    ("u2", "A", 3.0, 60),
+    ("u2", "C", 5.0, 70),
+    ("u3", "C", 4.0, 10),
+    ("u3", "A", 4.0, 20),
+    ("u3", "B", 1.0, 30),
+]
+META = {
+    "A": ("Lipstick red", ["Beauty", "Makeup"], "Brand A"),
+    "B": ("Shampoo", ["Beauty", "Hair"], "Brand B"),
+    "C": ("Soap", ["Beauty", "Bath"], None),
+    "D": ("Never reviewed", ["Beauty"], "D"),
+}
 # 2023 `images`: hi_res when there is one, else large; the first image counts; none -> null
-IMAGES = {"A": [{"thumb": "http://i/A-t.jpg", "large": "http://i/A-l.jpg", "variant": "MAIN", "hi_res": "http://i/A-h.jpg"},
-                {"thumb": "http://i/A2-t.jpg", "large": "http://i/A2-l.jpg", "variant": "PT01", "hi_res": None}],
-          "B": [{"thumb": "http://i/B-t.jpg", "large": "http://i/B-l.jpg", "variant": "MAIN", "hi_res": None}], "C": [], "D": []}
+IMAGES = {
+    "A": [
+        {"thumb": "http://i/A-t.jpg", "large": "http://i/A-l.jpg", "variant": "MAIN", "hi_res": "http://i/A-h.jpg"},
+        {"thumb": "http://i/A2-t.jpg", "large": "http://i/A2-l.jpg", "variant": "PT01", "hi_res": None},
+    ],
+    "B": [{"thumb": "http://i/B-t.jpg", "large": "http://i/B-l.jpg", "variant": "MAIN", "hi_res": None}],
+    "C": [],
+    "D": [],
+}
 
 
 def amazon_files(tmp_path: Path, version: str, gz: bool = True) -> tuple[Path, Path]:
     if version == "2023":
-        reviews = [json.dumps({"rating": r, "title": "t", "text": "x", "images": [], "asin": i + "-v", "parent_asin": i,
-                               "user_id": u, "timestamp": t * 1000, "helpful_vote": 0, "verified_purchase": True}) for u, i, r, t in REVIEWS]
-        meta = [json.dumps({"main_category": "All Beauty", "title": title, "features": cats, "description": [], "store": brand,
-                            "categories": cats, "images": IMAGES[i], "details": {"k": "v"}, "parent_asin": i})
-                for i, (title, cats, brand) in META.items()]
+        reviews = [
+            json.dumps(
+                {
+                    "rating": r,
+                    "title": "t",
+                    "text": "x",
+                    "images": [],
+                    "asin": i + "-v",
+                    "parent_asin": i,
+                    "user_id": u,
+                    "timestamp": t * 1000,
+                    "helpful_vote": 0,
+                    "verified_purchase": True,
+                }
+            )
+            for u, i, r, t in REVIEWS
+        ]
+        meta = [
+            json.dumps(
+                {
+                    "main_category": "All Beauty",
+                    "title": title,
+                    "features": cats,
+                    "description": [],
+                    "store": brand,
+                    "categories": cats,
+                    "images": IMAGES[i],
+                    "details": {"k": "v"},
+                    "parent_asin": i,
+                }
+            )
+            for i, (title, cats, brand) in META.items()
+        ]
         names = ("All_Beauty.jsonl", "meta_All_Beauty.jsonl")
     else:
-        reviews = [json.dumps({"reviewerID": u, "asin": i, "reviewerName": "N", "helpful": [0, 0], "reviewText": "x",
-                               "overall": r, "summary": "s", "unixReviewTime": t, "reviewTime": "01 1, 2014",
-                               **({"verified": True, "style": {"Size:": " 1"}} if version == "2018" else {})}) for u, i, r, t in REVIEWS]
+        reviews = [
+            json.dumps(
+                {
+                    "reviewerID": u,
+                    "asin": i,
+                    "reviewerName": "N",
+                    "helpful": [0, 0],
+                    "reviewText": "x",
+                    "overall": r,
+                    "summary": "s",
+                    "unixReviewTime": t,
+                    "reviewTime": "01 1, 2014",
+                    **({"verified": True, "style": {"Size:": " 1"}} if version == "2018" else {}),
+                }
+            )
+            for u, i, r, t in REVIEWS
+        ]
         if version == "2014":  # Python literals, single quotes: what `repr(dict)` wrote, not JSON
-            meta = [repr({"asin": i, "title": title, "categories": [cats], "brand": brand, "price": 9.5, "related": {"also_bought": ["B"]}})
-                    for i, (title, cats, brand) in META.items()]
+            meta = [
+                repr(
+                    {
+                        "asin": i,
+                        "title": title,
+                        "categories": [cats],
+                        "brand": brand,
+                        "price": 9.5,
+                        "related": {"also_bought": ["B"]},
+                    }
+                )
+                for i, (title, cats, brand) in META.items()
+            ]
             names = ("reviews_Beauty.json", "meta_Beauty.json")
         else:
-            meta = [json.dumps({"asin": i, "title": title, "category": cats, "feature": ["f1", "f2"], "description": ["d"], "brand": brand})
-                    for i, (title, cats, brand) in META.items()]
+            meta = [
+                json.dumps(
+                    {
+                        "asin": i,
+                        "title": title,
+                        "category": cats,
+                        "feature": ["f1", "f2"],
+                        "description": ["d"],
+                        "brand": brand,
+                    }
+                )
+                for i, (title, cats, brand) in META.items()
+            ]
             names = ("Beauty.json", "meta_Beauty.json")
     suffix = ".gz" if gz else ""
-    return (write_lines(tmp_path / (names[0] + suffix), reviews, gz), write_lines(tmp_path / (names[1] + suffix), meta, gz))
+    return (
+        write_lines(tmp_path / (names[0] + suffix), reviews, gz),
+        write_lines(tmp_path / (names[1] + suffix), meta, gz),
+    )
 
 
 @pytest.mark.parametrize("version, gz", [("2014", True), ("2018", True), ("2018", False), ("2023", True)])
 def test_amazon_dumps(tmp_path, version, gz):
     reviews, meta = amazon_files(tmp_path, version, gz)
     cats = {"2014": "categories", "2018": "category", "2023": "categories"}[version]
-    ds = run(tmp_path, amazon={"version": version, "reviews": str(reviews), "meta": str(meta), "text_fields": ["title", cats]})
+    ds = run(
+        tmp_path,
+        amazon={"version": version, "reviews": str(reviews), "meta": str(meta), "text_fields": ["title", cats]},
+    )
     assert (ds.n_users, ds.n_items, ds.stats["n_interactions"]) == (3, 3, 9)
     assert ds.item_original_ids() == ["A", "B", "C"] and ds.stats["dropped"]["items.never_interacted"] == 1
     assert ds.items["title"].to_list() == ["Lipstick red", "Shampoo", "Soap"]
@@ -89,7 +178,10 @@ def test_amazon_2023_image_urls(tmp_path):
     ds = run(tmp_path, amazon={"version": "2023", "reviews": str(reviews), "meta": str(meta), "image_field": "images"})
     assert ds.items["image"].to_list() == ["http://i/A-h.jpg", "http://i/B-l.jpg", None]
     assert ds.text_fields() == ["title"] and ds.stats["image_column"] == "image"
-    assert "image" not in run(tmp_path, amazon={"version": "2023", "reviews": str(reviews), "meta": str(meta)}).items.columns
+    assert (
+        "image"
+        not in run(tmp_path, amazon={"version": "2023", "reviews": str(reviews), "meta": str(meta)}).items.columns
+    )
 
 
 def test_shipped_image_configs_line_up():
@@ -99,13 +191,18 @@ def test_shipped_image_configs_line_up():
     root = Path(__file__).resolve().parent.parent
     prep = load_config(PrepareConfig, root / "configs/prepare/amazon-2023-all-beauty.yaml")
     enc = load_config(EncodeConfig, root / "configs/encode/vision-clip.yaml")
-    assert prep.amazon.image_field == "images" and enc.dataset == prep.output_dir and enc.encoder.image_column == "image"
+    assert (
+        prep.amazon.image_field == "images" and enc.dataset == prep.output_dir and enc.encoder.image_column == "image"
+    )
 
 
 def test_amazon_rating_threshold(tmp_path):
     reviews, meta = amazon_files(tmp_path, "2018")
-    ds = run(tmp_path, amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)},
-             filter={"kcore": 0, "rating_threshold": 4})
+    ds = run(
+        tmp_path,
+        amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)},
+        filter={"kcore": 0, "rating_threshold": 4},
+    )
     assert ds.stats["dropped"]["interactions.rating_below_threshold"] == 3
     assert ds.stats["dropped"]["users.too_short_for_split"] == 3  # u1, u2 and u3 keep 2 each
 
@@ -148,17 +245,27 @@ def test_amazon_duplicate_reviews_and_meta(tmp_path):
 
 
 def test_amazon_missing_files_point_to_download(tmp_path):
-    cfg = config(tmp_path, amazon={"version": "2018", "category": "Luxury_Beauty", "download_dir": str(tmp_path / "dl")})
-    with pytest.raises(InputError, match=r"dl/2018/Luxury_Beauty\.json\.gz: reviews file not found; run .*--download Luxury_Beauty"):
+    cfg = config(
+        tmp_path, amazon={"version": "2018", "category": "Luxury_Beauty", "download_dir": str(tmp_path / "dl")}
+    )
+    with pytest.raises(
+        InputError, match=r"dl/2018/Luxury_Beauty\.json\.gz: reviews file not found; run .*--download Luxury_Beauty"
+    ):
         prepare(cfg)
 
 
 def test_official_urls():
     assert official_urls("2014", "Beauty") == {
         "reviews": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty.json.gz",
-        "meta": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz"}
-    assert official_urls("2018", "Luxury_Beauty")["meta"] == "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2/meta_Luxury_Beauty.json.gz"
-    assert official_urls("2023", "All_Beauty")["reviews"].endswith("/amazon_2023/raw/review_categories/All_Beauty.jsonl.gz")
+        "meta": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz",
+    }
+    assert (
+        official_urls("2018", "Luxury_Beauty")["meta"]
+        == "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2/meta_Luxury_Beauty.json.gz"
+    )
+    assert official_urls("2023", "All_Beauty")["reviews"].endswith(
+        "/amazon_2023/raw/review_categories/All_Beauty.jsonl.gz"
+    )
 
 
 def test_download_fails_at_once_offline(tmp_path):
@@ -169,21 +276,24 @@ def test_download_fails_at_once_offline(tmp_path):
 
 
 def test_cli_download_offline_and_on_a_non_amazon_config(tmp_path, monkeypatch, capsys):
-    import kdsr.prepare.amazon as amazon
+    import prepare.amazon as amazon
     from jobs.prepare import main
 
     monkeypatch.setitem(amazon.URLS, "2023", ("http://127.0.0.1:9/", "{}.jsonl.gz", "meta_{}.jsonl.gz"))
     cfg = tmp_path / "a.yaml"
-    cfg.write_text(f"name: a\noutput_dir: {tmp_path / 'o'}\namazon:\n  version: '2023'\n  reviews: x.jsonl\n  download_dir: {tmp_path / 'dl'}\n")
+    cfg.write_text(
+        f"name: a\noutput_dir: {tmp_path / 'o'}\namazon:\n  version: '2023'\n  reviews: x.jsonl\n  download_dir: {tmp_path / 'dl'}\n"
+    )
     assert main([str(cfg), "--download", "All_Beauty"]) == 1
     assert "cannot reach 127.0.0.1:9" in capsys.readouterr().err
     other = tmp_path / "b.yaml"
-    other.write_text(f"name: b\noutput_dir: o\ntable:\n  interactions: x.csv\n")
+    other.write_text("name: b\noutput_dir: o\ntable:\n  interactions: x.csv\n")
     assert main([str(other), "--download", "All_Beauty"]) == 1
     assert "--download needs an `amazon:` source" in capsys.readouterr().err
 
 
 # ---- Hugging Face datasets (a local save_to_disk folder made from the real Beauty tables) -------------
+
 
 def test_huggingface_local_folder(tmp_path, data_dir):
     import datasets
@@ -192,21 +302,38 @@ def test_huggingface_local_folder(tmp_path, data_dir):
     items = pl.read_parquet(data_dir / "amazon-beauty" / "items.parquet")
     datasets.DatasetDict({"full": datasets.Dataset.from_polars(inter)}).save_to_disk(str(tmp_path / "hf_inter"))
     datasets.Dataset.from_polars(items).save_to_disk(str(tmp_path / "hf_items"))
-    hf = {"interactions": {"path": str(tmp_path / "hf_inter"), "split": "full"}, "items": {"path": str(tmp_path / "hf_items")}}
+    hf = {
+        "interactions": {"path": str(tmp_path / "hf_inter"), "split": "full"},
+        "items": {"path": str(tmp_path / "hf_items")},
+    }
     ds = run(tmp_path, huggingface=hf, filter={"kcore": 5})
-    table = run(tmp_path / "t", table={"interactions": str(write_parquet(inter, tmp_path / "i.parquet")),
-                                     "items": str(data_dir / "amazon-beauty" / "items.parquet")}, filter={"kcore": 5})
+    table = run(
+        tmp_path / "t",
+        table={
+            "interactions": str(write_parquet(inter, tmp_path / "i.parquet")),
+            "items": str(data_dir / "amazon-beauty" / "items.parquet"),
+        },
+        filter={"kcore": 5},
+    )
     assert ds.stats["source"]["format"] == "huggingface"
     assert ds.interactions.equals(table.interactions) and ds.items.equals(table.items)
     assert ds.stats["dropped"]["interactions.kcore"] > 0 and ds.stats["dropped"]["items.never_interacted"] > 0
     with pytest.raises(InputError, match="no split 'train'"):
-        prepare(config(tmp_path, huggingface={**hf, "interactions": {"path": hf["interactions"]["path"], "split": "train"}}))
+        prepare(
+            config(tmp_path, huggingface={**hf, "interactions": {"path": hf["interactions"]["path"], "split": "train"}})
+        )
 
 
 def test_huggingface_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="no-such-user/no-such-dataset: cannot load Hugging Face dataset"):
-        prepare(config(tmp_path, huggingface={"interactions": {"path": "no-such-user/no-such-dataset"}}, filter={"require_text": False}))
+        prepare(
+            config(
+                tmp_path,
+                huggingface={"interactions": {"path": "no-such-user/no-such-dataset"}},
+                filter={"require_text": False},
+            )
+        )
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:
@@ -215,6 +342,7 @@ def write_parquet(df: pl.DataFrame, path: Path) -> Path:
 
 
 # ---- generic CSV tables and bad input ------------------------------------------------------------
+
 
 def csv(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
@@ -228,8 +356,13 @@ COLUMNS = {"user": "uid", "item": "iid", "timestamp": "ts", "rating": "stars"}
 
 
 def table(tmp_path, inter=INTER, items=ITEMS, **extra):
-    return {"interactions": csv(tmp_path, "inter.csv", inter), "items": csv(tmp_path, "items.csv", items),
-            "columns": COLUMNS, "text_fields": ["name", "desc"], **extra}
+    return {
+        "interactions": csv(tmp_path, "inter.csv", inter),
+        "items": csv(tmp_path, "items.csv", items),
+        "columns": COLUMNS,
+        "text_fields": ["name", "desc"],
+        **extra,
+    }
 
 
 def test_csv_tables_with_custom_columns_and_several_text_fields(tmp_path):
@@ -240,18 +373,29 @@ def test_csv_tables_with_custom_columns_and_several_text_fields(tmp_path):
 
     # Item 12 has no text: it goes with its 2 interactions; 13 was never interacted with. Each user keeps 2,
     # enough for a ratio split without validation (1 train, 1 test).
-    ds = run(tmp_path, table=table(tmp_path), filter={"kcore": 0, "require_text": True},
-             split={"protocol": "ratio", "valid_ratio": 0})
+    ds = run(
+        tmp_path,
+        table=table(tmp_path),
+        filter={"kcore": 0, "require_text": True},
+        split={"protocol": "ratio", "valid_ratio": 0},
+    )
     d = ds.stats["dropped"]
     assert (d["items.without_text"], d["interactions.item_without_text"], d["items.never_interacted"]) == (1, 2, 1)
     assert ds.item_original_ids() == ["10", "11"] and ds.stats["split"] == {"train": 2, "valid": 0, "test": 2}
-    assert ds.interactions.filter(pl.col("user") == 1)["item"].to_list() == [1, 2]  # 007: 10 and 11 at ts 5, record order
+    assert ds.interactions.filter(pl.col("user") == 1)["item"].to_list() == [
+        1,
+        2,
+    ]  # 007: 10 and 11 at ts 5, record order
 
 
 def test_table_image_column_is_kept_and_not_text(tmp_path):
     items = "iid,name,desc,photo\n10,Ten,,img/10.jpg\n11,Eleven,x,\n12,,,img/12.jpg\n13,Thirteen,,\n"
-    ds = run(tmp_path, table=table(tmp_path, items=items, image_field="photo"), filter={"kcore": 0, "require_text": True},
-             split={"protocol": "ratio", "valid_ratio": 0})
+    ds = run(
+        tmp_path,
+        table=table(tmp_path, items=items, image_field="photo"),
+        filter={"kcore": 0, "require_text": True},
+        split={"protocol": "ratio", "valid_ratio": 0},
+    )
     # item 12 has an image but no text: require_text still drops it; item 11 has text and no image: kept
     assert ds.item_original_ids() == ["10", "11"] and ds.items["image"].to_list() == ["img/10.jpg", None]
     assert ds.text_fields() == ["name", "desc"] and ds.stats["dropped"]["items.without_text"] == 1
@@ -284,7 +428,9 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(InputError, match=r"nope\.csv: file not found"):
         prepare(config(tmp_path, table={"interactions": str(tmp_path / "nope.csv")}, filter={"require_text": False}))
     with pytest.raises(InputError, match="cannot tell the format"):
-        prepare(config(tmp_path, table={"interactions": str(garbage.with_suffix(".xls"))}, filter={"require_text": False}))
+        prepare(
+            config(tmp_path, table={"interactions": str(garbage.with_suffix(".xls"))}, filter={"require_text": False})
+        )
     atomic = tmp_path / "x.inter"
     atomic.write_text("user_id\titem_id:token\n1\t2\n")
     with pytest.raises(InputError, match=r"x\.inter: header field 'user_id' is not of the form name:"):
@@ -295,7 +441,12 @@ def test_unknown_items(tmp_path):
     inter = INTER + "8,99,4,5\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: item '99' is not in the items table .*items\.csv"):
         prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
-    ds = run(tmp_path, table=table(tmp_path, inter=inter), policy={"unknown_items": "drop"}, filter={"kcore": 0, "require_text": False})
+    ds = run(
+        tmp_path,
+        table=table(tmp_path, inter=inter),
+        policy={"unknown_items": "drop"},
+        filter={"kcore": 0, "require_text": False},
+    )
     assert ds.stats["dropped"]["interactions.unknown_item"] == 1 and ds.stats["n_interactions"] == 6
 
 
@@ -303,7 +454,12 @@ def test_duplicate_rows(tmp_path):
     inter = INTER + "8,11,3,4\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: duplicate interaction user='8' item='11' timestamp=3"):
         prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
-    ds = run(tmp_path, table=table(tmp_path, inter=inter), policy={"duplicates": "drop"}, filter={"kcore": 0, "require_text": False})
+    ds = run(
+        tmp_path,
+        table=table(tmp_path, inter=inter),
+        policy={"duplicates": "drop"},
+        filter={"kcore": 0, "require_text": False},
+    )
     assert ds.stats["dropped"]["interactions.duplicate"] == 1 and ds.stats["n_interactions"] == 6
     with pytest.raises(InputError, match=r"items\.csv line 6: duplicate item ID '10'"):
         prepare(config(tmp_path, table=table(tmp_path, items=ITEMS + "10,again,\n")))
@@ -313,7 +469,12 @@ def test_missing_values(tmp_path):
     inter = INTER + "8,,7,5\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: missing item"):
         prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
-    ds = run(tmp_path, table=table(tmp_path, inter=inter), policy={"bad_rows": "skip"}, filter={"kcore": 0, "require_text": False})
+    ds = run(
+        tmp_path,
+        table=table(tmp_path, inter=inter),
+        policy={"bad_rows": "skip"},
+        filter={"kcore": 0, "require_text": False},
+    )
     assert ds.stats["dropped"]["interactions.missing_value"] == 1
 
 
@@ -324,11 +485,19 @@ def test_require_text_needs_items(tmp_path):
 
 def test_stable_order_of_equal_timestamps(tmp_path):
     inter = "user_id,item_id,timestamp\nu,c,5\nu,a,5\nu,b,1\nu,d,5\n"
-    ds = run(tmp_path, table={"interactions": csv(tmp_path, "i.csv", inter)}, filter={"kcore": 0, "require_text": False})
-    assert ds.interactions.join(ds.items, on="item", maintain_order="left")["original_id"].to_list() == ["b", "c", "a", "d"]
+    ds = run(
+        tmp_path, table={"interactions": csv(tmp_path, "i.csv", inter)}, filter={"kcore": 0, "require_text": False}
+    )
+    assert ds.interactions.join(ds.items, on="item", maintain_order="left")["original_id"].to_list() == [
+        "b",
+        "c",
+        "a",
+        "d",
+    ]
 
 
 # ---- bad UniSRec split files (tiny copies written here) ------------------------------------------
+
 
 def split_files(tmp_path: Path, test_target: str = "3") -> Path:
     d = tmp_path / "split"

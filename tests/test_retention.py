@@ -1,5 +1,6 @@
 """trainer/retention.py: the modality-forgetting measure reads 1.0 for an untouched table, falls with drift,
 and ignores content-less rows."""
+
 from __future__ import annotations
 
 import math

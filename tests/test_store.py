@@ -1,4 +1,5 @@
 """The feature store's reader/writer contract as the encoder and trainer use it, plus the datasets export."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,13 +1,16 @@
 """Teacher API against a brute-force float64 computation on a small dissection of real CLIP features:
 holistic similarities, correlation-type codes, validity of padding / masked / zero / repeated items."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from feature_store.dissect import DissectConfig, Teacher, dissect
+from dissect.config import DissectConfig
+from dissect.run import dissect
 from feature_store.store import FeatureStore, StoreError
+from feature_store.teacher import Teacher
 
 torch.set_num_threads(1)  # also what DataLoader workers run with
 
@@ -28,10 +31,15 @@ def dissection(data_dir, tmp_path_factory) -> str:
         a, b = store.shard_rows(s)
         store.write_shard(s, x[a:b], mask=mask[a:b])
     # F = 6 does not divide d = 64: facets of 10 and 11 dims exercise the padded facet layout
-    cfg = DissectConfig.model_validate({
-        "features": str(root / "text.zarr"), "output": str(root / "text.dissect.zarr"), "reduce": {"dim": 64},
-        "facets": {"n_facets": 6}, "codebook": {"n_codes": 12, "random_pairs": 5000, "n_init": 1},
-    })
+    cfg = DissectConfig.model_validate(
+        {
+            "features": str(root / "text.zarr"),
+            "output": str(root / "text.dissect.zarr"),
+            "reduce": {"dim": 64},
+            "facets": {"n_facets": 6},
+            "codebook": {"n_codes": 12, "random_pairs": 5000, "n_init": 1},
+        }
+    )
     return str(dissect(cfg, log=lambda m: None))
 
 
@@ -53,10 +61,14 @@ def brute_force(path: str, seqs: np.ndarray):
                 if not (ok[p] and ok[q]):
                     continue
                 sim[b, i, j] = x[p] @ x[q] / np.linalg.norm(x[p]) / np.linalg.norm(x[q])
-                c = np.array([
-                    x[p, facets == f] @ x[q, facets == f] / max(np.linalg.norm(x[p, facets == f]) * np.linalg.norm(x[q, facets == f]), 1e-12)
-                    for f in range(mu.shape[1])
-                ])
+                c = np.array(
+                    [
+                        x[p, facets == f]
+                        @ x[q, facets == f]
+                        / max(np.linalg.norm(x[p, facets == f]) * np.linalg.norm(x[q, facets == f]), 1e-12)
+                        for f in range(mu.shape[1])
+                    ]
+                )
                 dist[b, i, j] = ((c - mu) ** 2).sum(1)
                 pair[b, i, j] = i != j and p != q
     return sim, dist, ok[seqs], pair

@@ -1,5 +1,6 @@
 """The training recipe end to end on a tiny synthetic dataset with real (dissected) toy features: outputs,
 distillation terms, the async parameter groups, exact resume, feature-mismatch refusal, re-evaluation."""
+
 import json
 import re
 
@@ -12,12 +13,12 @@ from accelerate.state import AcceleratorState
 from feature_store.store import FeatureStore, StoreError
 from kdsr.config import ConfigError, load_config
 from kdsr.paths import REPO_ROOT
+from toydata import synthetic, toy_features
 from trainer import evaluate as evaluate_job
 from trainer import train as train_job
 from trainer.config import TrainConfig
 from trainer.optim import build_optimizer, modality_lr
 from trainer.student import Student
-from trainer.toydata import synthetic, toy_features
 
 torch.set_num_threads(1)
 
@@ -40,10 +41,16 @@ def toy(tmp_path_factory):
 
 def write_cfg(path, toy, **extra):
     cfg = {
-        "dataset": toy["data"], "out_dir": str(path / "run"), "seed": 3, "epochs": 2, "num_workers": 0, "progress": False,
+        "dataset": toy["data"],
+        "out_dir": str(path / "run"),
+        "seed": 3,
+        "epochs": 2,
+        "num_workers": 0,
+        "progress": False,
         "model": {"hidden": 16, "n_layers": 1, "n_heads": 1, "dropout": 0.2, "max_len": 8},
         "modalities": [{"name": "text", "features": toy["features"], "weight_hol": 1.0, "weight_code": 0.5}],
-        "optim": {"batch_size": 8, "lr": 0.01}, "eval": {"ks": [5, 10, 20]},
+        "optim": {"batch_size": 8, "lr": 0.01},
+        "eval": {"ks": [5, 10, 20]},
     }
     for key, value in extra.items():
         node = cfg
@@ -154,7 +161,9 @@ def test_resume_after_the_inputs_were_rebuilt_is_refused(tmp_path, toy):
     assert state["inputs"]["text.dissect.seed"] == 0 and state["inputs"]["dataset.stats_sha256"]
     # the same config, the dissection rebuilt under the same path with another seed
     assert toy_features(toy["data"], tmp_path / "feat", seed=1) == feats
-    with pytest.raises(ConfigError, match=r"cannot resume, inputs differ .* in: .*text\.dissect\.config, text\.dissect\.seed"):
+    with pytest.raises(
+        ConfigError, match=r"cannot resume, inputs differ .* in: .*text\.dissect\.config, text\.dissect\.seed"
+    ):
         run(cfg)
 
 
@@ -163,7 +172,9 @@ def test_a_dataset_without_validation_cases_is_refused(tmp_path):
     inter = pl.read_parquet(data / "interactions.parquet")  # as a ratio split with valid_ratio 0 leaves it
     inter.with_columns(pl.col("split").replace("valid", "train")).write_parquet(data / "interactions.parquet")
     cfg = write_cfg(tmp_path, {"data": str(data), "features": ""}, modalities=[])
-    with pytest.raises(ConfigError, match=f"model selection needs a validation split: {re.escape(str(data))} has no valid cases"):
+    with pytest.raises(
+        ConfigError, match=f"model selection needs a validation split: {re.escape(str(data))} has no valid cases"
+    ):
         train_job.TrainRecipe(load_config(TrainConfig, cfg)).setup()
 
 
@@ -177,18 +188,22 @@ def test_teacher_targets_in_workers_or_in_the_step_train_identically(tmp_path, t
     assert ma["test"] == mb["test"]
 
 
-@pytest.mark.parametrize("setting, workers, device, cores, threads, procs, expected", [
-    (None, 1, "cpu", 2, 2, 1, False),  # this 2-core box: a worker would take a core from the step
-    (None, 1, "cpu", 4, 2, 1, True),
-    (None, 2, "cpu", 8, 2, 2, True),
-    (None, 2, "cpu", 8, 3, 2, False),
-    (None, 1, "cuda", 2, 2, 1, True),
-    (None, 0, "cuda", 16, 2, 1, False),  # no workers: nowhere to put them but the step
-    (True, 1, "cpu", 2, 2, 1, True),  # an explicit setting wins
-    (False, 1, "cuda", 16, 2, 1, False),
-])
+@pytest.mark.parametrize(
+    "setting, workers, device, cores, threads, procs, expected",
+    [
+        (None, 1, "cpu", 2, 2, 1, False),  # this 2-core box: a worker would take a core from the step
+        (None, 1, "cpu", 4, 2, 1, True),
+        (None, 2, "cpu", 8, 2, 2, True),
+        (None, 2, "cpu", 8, 3, 2, False),
+        (None, 1, "cuda", 2, 2, 1, True),
+        (None, 0, "cuda", 16, 2, 1, False),  # no workers: nowhere to put them but the step
+        (True, 1, "cpu", 2, 2, 1, True),  # an explicit setting wins
+        (False, 1, "cuda", 16, 2, 1, False),
+    ],
+)
 def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, threads, procs, expected):
     from types import SimpleNamespace
+
     monkeypatch.setattr(train_job.os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(train_job.torch, "get_num_threads", lambda: threads)
     cfg = SimpleNamespace(teacher_in_workers=setting, num_workers=workers)
@@ -196,11 +211,14 @@ def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, th
     assert train_job.teacher_in_workers(cfg, acc) is expected
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.backbone=bert4rec"],
-    ["model.backbone=gru4rec", "optim.loss=bce", "optim.n_negatives=4", "model.fusion=concat"],
-    ["distill.holistic=kl", "model.fusion=sum", "eval.exclude_history=true", "eval.sampled_negatives=10"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.backbone=bert4rec"],
+        ["model.backbone=gru4rec", "optim.loss=bce", "optim.n_negatives=4", "model.fusion=concat"],
+        ["distill.holistic=kl", "model.fusion=sum", "eval.exclude_history=true", "eval.sampled_negatives=10"],
+    ],
+)
 def test_variants_train(tmp_path, toy, overrides):
     cfg = write_cfg(tmp_path, toy, epochs=1)
     assert run(cfg, *overrides) == 0

@@ -1,4 +1,5 @@
 """The trainer on real data: Amazon Beauty prepared by the real `kdsr prepare` (leave-one-out)."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,8 @@ from accelerate.state import AcceleratorState
 from feature_store.store import FeatureStore, StoreError
 from jobs import prepare as prepare_job
 from kdsr.config import load_config
+from kdsr.dataset import PreparedDataset
 from kdsr.paths import REPO_ROOT
-from kdsr.prepare.dataset import PreparedDataset
 from trainer import train as train_job
 from trainer.config import TrainConfig
 from trainer.data import UserSequences
@@ -47,18 +48,32 @@ def test_features_not_matching_beauty_are_refused(beauty, tmp_path):
     rotated = ids[1:] + ids[:1]
     store = FeatureStore.create(tmp_path / "f.zarr", rotated, 8, shard_size=len(ids))
     store.write_shard(0, np.ones((len(ids), 8), np.float32))
-    cfg = TrainConfig(dataset=str(beauty.path), out_dir=str(tmp_path / "run"),
-                      modalities=[{"name": "text", "features": str(store.path)}], distill={"enabled": False})
+    cfg = TrainConfig(
+        dataset=str(beauty.path),
+        out_dir=str(tmp_path / "run"),
+        modalities=[{"name": "text", "features": str(store.path)}],
+        distill={"enabled": False},
+    )
     AcceleratorState._reset_state(True)
-    with pytest.raises(StoreError, match=f"item order differs .* at {len(ids)} rows, first at row 0 .*{rotated[0]}.*{ids[0]}"):
+    with pytest.raises(
+        StoreError, match=f"item order differs .* at {len(ids)} rows, first at row 0 .*{rotated[0]}.*{ids[0]}"
+    ):
         train_job.TrainRecipe(cfg).setup()
 
 
 @pytest.mark.slow
 def test_a_short_sasrec_run_on_beauty_learns(beauty, tmp_path):
     raw = yaml.safe_load((REPO_ROOT / "configs/train/beauty-sasrec.yaml").read_text())
-    raw |= {"dataset": str(beauty.path), "out_dir": str(tmp_path / "run"), "epochs": 1, "max_steps": 30,
-            "num_workers": 0, "progress": False, "model": {**raw["model"], "hidden": 32, "n_layers": 1}, "optim": {"lr": 0.005}}
+    raw |= {
+        "dataset": str(beauty.path),
+        "out_dir": str(tmp_path / "run"),
+        "epochs": 1,
+        "max_steps": 30,
+        "num_workers": 0,
+        "progress": False,
+        "model": {**raw["model"], "hidden": 32, "n_layers": 1},
+        "optim": {"lr": 0.005},
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     load_config(TrainConfig, tmp_path / "cfg.yaml")
     AcceleratorState._reset_state(True)

@@ -1,4 +1,5 @@
 """Training batches: the length-bucketing sampler is a deterministic permutation with aligned batches."""
+
 import numpy as np
 
 from trainer.data import EpochSampler
@@ -21,5 +22,7 @@ def test_bucketed_sampler_is_a_seeded_permutation_with_short_batches():
     unbucketed = list(EpochSampler(1000, seed=1))
     assert sorted(unbucketed) == list(range(1000))
     padded = sum(len(b) * lengths[b].max() for b in batches)
-    random_padded = sum(len(b) * lengths[b].max() for b in (np.array(unbucketed[i : i + 32]) for i in range(0, 1000, 32)))
+    random_padded = sum(
+        len(b) * lengths[b].max() for b in (np.array(unbucketed[i : i + 32]) for i in range(0, 1000, 32))
+    )
     assert padded < 0.7 * random_padded

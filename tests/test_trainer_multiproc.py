@@ -1,4 +1,5 @@
 """The documented 2-process command really starts two ranks that share one model (gloo on CPU)."""
+
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from kdsr.paths import REPO_ROOT
-from trainer.toydata import synthetic, toy_features
+from toydata import synthetic, toy_features
 
 
 def free_port() -> int:
@@ -23,14 +24,33 @@ def free_port() -> int:
 def test_two_cpu_processes_train_one_model(tmp_path):
     data = synthetic(tmp_path / "data", n_users=41, n_items=30)  # odd: rank 1 gets a padded shard
     feats = toy_features(data, tmp_path / "feat")
-    cfg = {"dataset": str(data), "out_dir": str(tmp_path / "run"), "epochs": 2, "num_workers": 1, "progress": False,
-           "model": {"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 8},
-           "modalities": [{"name": "text", "features": str(feats)}], "optim": {"batch_size": 8},
-           "eval": {"ks": [5, 10], "batch_size": 8}}
+    cfg = {
+        "dataset": str(data),
+        "out_dir": str(tmp_path / "run"),
+        "epochs": 2,
+        "num_workers": 1,
+        "progress": False,
+        "model": {"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 8},
+        "modalities": [{"name": "text", "features": str(feats)}],
+        "optim": {"batch_size": 8},
+        "eval": {"ks": [5, 10], "batch_size": 8},
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_machines", "1",
-           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "trainer.train", str(tmp_path / "cfg.yaml")]
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "trainer.train",
+        str(tmp_path / "cfg.yaml"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / "run" / "processes" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -2,6 +2,7 @@
 async_step.milestones: [] here (modality tables at lr / 4 for the whole run) vs [5, 10] in the released config
 (lr / 2 from epoch 5, the full lr from epoch 10); `async_step.milestones=[5,10]` reproduces that ramp.
 Why []: the slow rate is the method's point (DESIGN.md 2.5) and the ramp undoes it; its effect is unmeasured here."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -99,7 +100,7 @@ class TrainConfig(Config):
     progress: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ValueError(f"modality names must be unique, got {names}")

@@ -10,6 +10,7 @@ Evaluation on split s: per user, history = every item before the user's first s 
 user's s items (one item under leave-one-out). Users without s rows are counted, not silently dropped.
 All randomness is a function of (seed, epoch, index): a resumed run sees exactly the same batches.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 
 
 @dataclass
@@ -31,12 +32,14 @@ class UserSequences:
     n_items: int
 
     @classmethod
-    def from_dataset(cls, ds: PreparedDataset) -> "UserSequences":
+    def from_dataset(cls, ds: PreparedDataset) -> UserSequences:
         df = ds.interactions.sort("user", "position")
         bad = df.filter((pl.col("item") < 1) | (pl.col("item") > ds.n_items))
         if bad.height:
             row = bad.row(0, named=True)
-            raise ValueError(f"{ds.path}/interactions.parquet: {bad.height} rows with item outside 1..{ds.n_items}, first {row}")
+            raise ValueError(
+                f"{ds.path}/interactions.parquet: {bad.height} rows with item outside 1..{ds.n_items}, first {row}"
+            )
         g = df.group_by("user", maintain_order=True).agg("item", "split")
         return cls([np.asarray(x, np.int64) for x in g["item"]], [np.asarray(x) for x in g["split"]], ds.n_items)
 
@@ -76,8 +79,15 @@ def pad_ids(rows: list[np.ndarray], length: int | None = None) -> torch.Tensor:
 class TrainWindows(Dataset):
     """Training samples; set_epoch() before each epoch re-seeds masking and negative sampling."""
 
-    def __init__(self, windows: list[np.ndarray], n_items: int, causal: bool, seed: int, mask_prob: float = 0.2,
-                 n_negatives: int = 0):
+    def __init__(
+        self,
+        windows: list[np.ndarray],
+        n_items: int,
+        causal: bool,
+        seed: int,
+        mask_prob: float = 0.2,
+        n_negatives: int = 0,
+    ):
         self.windows, self.n_items, self.causal = windows, n_items, causal
         self.seed, self.mask_prob, self.n_negatives, self.epoch = seed, mask_prob, n_negatives, 0
 
@@ -110,8 +120,9 @@ class EpochSampler(Sampler[int]):
     (on Beauty most windows have < 10 items but almost every random batch of 256 holds a 50).
     """
 
-    def __init__(self, n: int, seed: int, batch_size: int = 1, lengths: np.ndarray | None = None,
-                 chunk_batches: int = 64):
+    def __init__(
+        self, n: int, seed: int, batch_size: int = 1, lengths: np.ndarray | None = None, chunk_batches: int = 64
+    ):
         self.n, self.seed, self.batch_size, self.lengths, self.chunk = n, seed, batch_size, lengths, chunk_batches
         self.epoch = 0
 

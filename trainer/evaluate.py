@@ -7,6 +7,7 @@ Overrides may change only the evaluation and how it runs (ALLOWED: `eval.*`, `de
 `progress`); the result goes to RUN_DIR/evaluate.json (metrics.json, the training record, is left alone) and
 is printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = TrainRecipe(cfg)
     recipe.setup(write_config=False)
     recipe.load_best()
-    result = {"run": str(run), "ranking": recipe.ranking_label, "exclude_history": cfg.eval.exclude_history,
-              **{split: recipe.evaluate(split) for split in ("valid", "test")}}
+    result = {
+        "run": str(run),
+        "ranking": recipe.ranking_label,
+        "exclude_history": cfg.eval.exclude_history,
+        **{split: recipe.evaluate(split) for split in ("valid", "test")},
+    }
     if recipe.accelerator.is_main_process:
         (run / "evaluate.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

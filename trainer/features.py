@@ -1,6 +1,7 @@
 """Per-modality inputs of the student: the stored (reduced) features that initialise V^m, and the teacher
 that turns sequences into correlation targets. Both are refused unless their items match the dataset's,
 row for row."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,13 +11,13 @@ import numpy as np
 import torch
 
 from feature_store.store import FeatureStore
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 
 
 def load_teacher(path: str, item_ids: list[str]):
-    """The dissection's teacher (feature_store/dissect/teacher.py), on CPU: targets are computed in the
+    """The dissection's teacher (feature_store/teacher.py), on CPU: targets are computed in the
     DataLoader workers. A module-level function so tests can swap in a small fake."""
-    from feature_store.dissect.teacher import Teacher
+    from feature_store.teacher import Teacher
 
     return Teacher.from_store(path, device="cpu", dataset_item_ids=item_ids)
 
@@ -29,7 +30,9 @@ def load_features(path: str, item_ids: list[str]) -> torch.Tensor:
     x[~store.mask()] = 0.0
     if not np.isfinite(x).all():
         bad = np.flatnonzero(~np.isfinite(x).all(1))
-        raise ValueError(f"{path}: {bad.size} rows with NaN/inf features, first row {bad[0]} (item {item_ids[bad[0]]!r})")
+        raise ValueError(
+            f"{path}: {bad.size} rows with NaN/inf features, first row {bad[0]} (item {item_ids[bad[0]]!r})"
+        )
     return torch.from_numpy(np.concatenate([np.zeros((1, x.shape[1]), np.float32), x]))
 
 
@@ -54,6 +57,10 @@ def input_identity(cfg, ds: PreparedDataset) -> dict[str, object]:
     for m in cfg.modalities:
         attrs = FeatureStore.open(m.features).attrs
         dissect = attrs.get("dissect") or {}
-        ident |= {f"{m.name}.item_fingerprint": attrs.get("item_fingerprint"), f"{m.name}.created": attrs.get("created"),
-                  f"{m.name}.dissect.seed": dissect.get("seed"), f"{m.name}.dissect.config": dissect.get("config")}
+        ident |= {
+            f"{m.name}.item_fingerprint": attrs.get("item_fingerprint"),
+            f"{m.name}.created": attrs.get("created"),
+            f"{m.name}.dissect.seed": dissect.get("seed"),
+            f"{m.name}.dissect.config": dissect.get("config"),
+        }
     return json.loads(json.dumps(ident))  # as trainer_state.json will give it back

@@ -4,6 +4,7 @@ Shapes: B sequences of length L; V (B, L, d) the student's modality rows for the
 targets T (B, L, L) similarities, codes (B, L, L) correlation types, pair_mask (B, L, L) True for the pairs of
 distinct valid items. Nothing here is N x N: every term costs O(B L^2 d) at most.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
     histories (P ~ 12k on Beauty) would otherwise need GBs of host memory."""
     if h.size(0) <= chunk:
         return _ce_sum(h, items, targets) / max(1, h.size(0))
-    total = sum(checkpoint(_ce_sum, h[i : i + chunk], items, targets[i : i + chunk], use_reentrant=False)
-                for i in range(0, h.size(0), chunk))
+    total = sum(
+        checkpoint(_ce_sum, h[i : i + chunk], items, targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, h.size(0), chunk)
+    )
     return total / h.size(0)
 
 
@@ -34,9 +37,9 @@ def sampled_bce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, neg
     """h (P, D), targets (P,), negatives (P, n) item ids: BCE of the positive against n sampled negatives."""
     pos = (h * items[targets]).sum(-1)  # (P,)
     neg = torch.einsum("pd,pnd->pn", h, items[negatives])  # (P, n)
-    return F.binary_cross_entropy_with_logits(pos.float(), torch.ones_like(pos, dtype=torch.float)) + F.binary_cross_entropy_with_logits(
-        neg.float(), torch.zeros_like(neg, dtype=torch.float)
-    )
+    return F.binary_cross_entropy_with_logits(
+        pos.float(), torch.ones_like(pos, dtype=torch.float)
+    ) + F.binary_cross_entropy_with_logits(neg.float(), torch.zeros_like(neg, dtype=torch.float))
 
 
 class HolisticLoss(nn.Module):
@@ -91,7 +94,9 @@ class CodeLoss(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, n_codes))
         self.chunk = chunk
 
-    def _ce_sum(self, v: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def _ce_sum(
+        self, v: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
         logits = self.mlp((v[b, i] - v[b, j]).abs())  # (P, K)
         return F.cross_entropy(logits.float(), codes, reduction="sum")
 
@@ -103,6 +108,16 @@ class CodeLoss(nn.Module):
         target = codes[b, i, j]
         if n <= self.chunk:
             return self._ce_sum(v, b, i, j, target) / n
-        total = sum(checkpoint(self._ce_sum, v, b[k : k + self.chunk], i[k : k + self.chunk], j[k : k + self.chunk],
-                               target[k : k + self.chunk], use_reentrant=False) for k in range(0, n, self.chunk))
+        total = sum(
+            checkpoint(
+                self._ce_sum,
+                v,
+                b[k : k + self.chunk],
+                i[k : k + self.chunk],
+                j[k : k + self.chunk],
+                target[k : k + self.chunk],
+                use_reentrant=False,
+            )
+            for k in range(0, n, self.chunk)
+        )
         return total / n

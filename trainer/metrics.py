@@ -11,13 +11,19 @@ Candidates: all items 1..N; column 0 (padding) never is one. Options: exclude th
 (a target that is also in the history is then excluded too, as RecBole does: a miss), or rank against
 `sampled` random negatives drawn from the items outside history and targets (labelled `sampled<n>`).
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def candidate_scores(scores: torch.Tensor, seen: torch.Tensor | None = None, relevant: torch.Tensor | None = None,
-                     sampled: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def candidate_scores(
+    scores: torch.Tensor,
+    seen: torch.Tensor | None = None,
+    relevant: torch.Tensor | None = None,
+    sampled: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """scores (B, N + 1) -> the same with non-candidates at -inf. seen (B, H) ids to exclude (0 = pad);
     with `sampled`, keep only the relevant items (B, T) and `sampled` negatives per user."""
     scores = scores.float().clone()
@@ -59,7 +65,9 @@ def ranking_metrics(ranks: torch.Tensor, ks: list[int]) -> dict[str, torch.Tenso
         ideal_n = torch.clamp(n_rel, max=k)
         discounts = 1.0 / torch.log2(torch.arange(k, device=ranks.device, dtype=torch.float) + 2)
         idcg = torch.cumsum(discounts, 0)[ideal_n - 1]
-        dcg = torch.where(hit, 1.0 / torch.log2(ranks.float().clamp_min(0) + 2), torch.zeros_like(ranks, dtype=torch.float)).sum(1)
+        dcg = torch.where(
+            hit, 1.0 / torch.log2(ranks.float().clamp_min(0) + 2), torch.zeros_like(ranks, dtype=torch.float)
+        ).sum(1)
         out[f"hr@{k}"] = hit.sum(1).float() / ideal_n.float()
         out[f"ndcg@{k}"] = dcg / idcg
         out[f"mrr@{k}"] = torch.where(best < k, 1.0 / (best.float() + 1), torch.zeros_like(best, dtype=torch.float))

@@ -1,6 +1,7 @@
 """The asynchronous learning step: one Adam with two parameter groups, the modality tables V^m learning at
 lr / gamma^2 (so the features' information is retained longer), optionally ramped back up by a factor gamma
 at given epochs. The rate is a pure function of the epoch, so a resumed run gets it right by construction."""
+
 from __future__ import annotations
 
 import torch

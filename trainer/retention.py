@@ -8,6 +8,7 @@ correlation structure the distillation supervises). 1.0 = nothing forgotten.
 Forgetting is only a fault if what was kept helps ranking, so `next_item_knn` also measures how much
 next-item signal a table holds by itself: rank every item by cosine to the user's last item.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,13 +18,15 @@ import yaml
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 from trainer.data import UserSequences, pad_ids
 from trainer.features import load_features
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 
 
-def table_retention(start: torch.Tensor, trained: torch.Tensor, n_pairs: int = 200_000, seed: int = 0) -> tuple[float, float]:
+def table_retention(
+    start: torch.Tensor, trained: torch.Tensor, n_pairs: int = 200_000, seed: int = 0
+) -> tuple[float, float]:
     """start, trained (N, d) rows of the same items -> (mean row cosine, pair-cosine Pearson r); all-zero
     (content-less) start rows are left out."""
     keep = start.norm(dim=1) > 0
@@ -54,6 +57,7 @@ def run_retention(run_dir: str | Path, tables: dict | None = None) -> dict[str, 
     `tables`: trained_tables(run_dir)[1], when the caller has read them already."""
     tables = trained_tables(run_dir)[1] if tables is None else tables
     return {m: table_retention(start[1:], trained[1:]) for m, (start, trained) in tables.items()}  # row 0 is padding
+
 
 @torch.no_grad()
 def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, batch: int = 1024) -> float:

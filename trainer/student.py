@@ -5,6 +5,7 @@ The fused table of all items is built once per step and used as the backbone's i
 sequence) and, by default, as the output embeddings that score every candidate, so the features shape the
 ranking; `model.score_items: id` scores with the ID embeddings alone instead.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,16 @@ class Student(nn.Module):
     heads: {modality: (use holistic, use code)}; n_codes: {modality: K}.
     """
 
-    def __init__(self, n_items: int, cfg, features: dict[str, torch.Tensor], heads=None, n_codes=None,
-                 distill=None, loss: str = "ce"):
+    def __init__(
+        self,
+        n_items: int,
+        cfg,
+        features: dict[str, torch.Tensor],
+        heads=None,
+        n_codes=None,
+        distill=None,
+        loss: str = "ce",
+    ):
         super().__init__()
         self.n_items, self.loss, self.score_items = n_items, loss, cfg.score_items
         self.backbone = build_backbone(cfg)
@@ -68,10 +77,13 @@ class Student(nn.Module):
         self.modal = nn.ParameterDict({m: nn.Parameter(x.float().clone()) for m, x in features.items()})
         self.fusion = Fusion(cfg.fusion, cfg.hidden, [x.shape[1] for x in features.values()]) if features else None
         heads, n_codes = heads or {}, n_codes or {}
-        self.hol = nn.ModuleDict({
-            m: HolisticLoss(features[m].shape[1], distill.proj_dim, distill.tau, distill.holistic)
-            for m, (h, _) in heads.items() if h
-        })
+        self.hol = nn.ModuleDict(
+            {
+                m: HolisticLoss(features[m].shape[1], distill.proj_dim, distill.tau, distill.holistic)
+                for m, (h, _) in heads.items()
+                if h
+            }
+        )
         self.code = nn.ModuleDict({m: CodeLoss(features[m].shape[1], n_codes[m]) for m, (_, c) in heads.items() if c})
 
     def modality_parameters(self) -> list[nn.Parameter]:

@@ -10,6 +10,7 @@ Run directory (`out_dir`): config.yaml (resolved), metrics.json (validation hist
 metrics, timings), tb/ (TensorBoard: each loss term, learning rates, metrics), checkpoints/last (resumable
 state: model, optimizer, RNG, trainer_state.json), best/model.safetensors (the selected weights).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdsr.config import ConfigError, config_to_dict, load_config, save_config
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 from trainer.config import TrainConfig
-from trainer.data import (EpochSampler, EvalCases, TrainCollate, TrainWindows, UserSequences, add_teacher_targets,
-                          eval_collate)
+from trainer.data import (
+    EpochSampler,
+    EvalCases,
+    TrainCollate,
+    TrainWindows,
+    UserSequences,
+    add_teacher_targets,
+    eval_collate,
+)
 from trainer.features import input_identity, load_modalities
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.optim import build_optimizer, set_epoch_lr
@@ -82,8 +90,11 @@ class TrainRecipe:
         cfg = self.cfg
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(
-            cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
-            log_with="tensorboard", project_dir=str(self.out),
+            cpu=cpu,
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.optim.grad_accum,
+            log_with="tensorboard",
+            project_dir=str(self.out),
         )
         set_seed(cfg.seed)
         # 2. Dataset and features; load_modalities refuses stores whose items do not match the dataset's.
@@ -109,32 +120,56 @@ class TrainRecipe:
         cfg = self.cfg
         heads = {m.name: (m.weight_hol > 0, m.weight_code > 0) for m in cfg.modalities if m.name in self.teachers}
         self.weights = {f"hol/{m.name}": m.weight_hol for m in cfg.modalities} | {
-            f"code/{m.name}": m.weight_code for m in cfg.modalities}
+            f"code/{m.name}": m.weight_code for m in cfg.modalities
+        }
         return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss)
 
     def _setup_train_data(self, n_items: int, causal: bool) -> DataLoader:
         cfg = self.cfg
         windows = self.seqs.train_windows(cfg.model.max_len, causal)
-        self.train_set = TrainWindows(windows, n_items, causal, cfg.seed, cfg.model.mask_prob,
-                                      cfg.optim.n_negatives if cfg.optim.loss == "bce" else 0)
+        self.train_set = TrainWindows(
+            windows,
+            n_items,
+            causal,
+            cfg.seed,
+            cfg.model.mask_prob,
+            cfg.optim.n_negatives if cfg.optim.loss == "bce" else 0,
+        )
         self.teacher_in_workers = teacher_in_workers(cfg, self.accelerator)
         collate = TrainCollate(self.teachers if self.teacher_in_workers else None)
-        self.counts = {"items": n_items, "users": len(self.seqs.items), "train_windows": len(windows),
-                       "train_positions": int(sum((w > 0).sum() - causal for w in windows))}
-        return DataLoader(self.train_set, batch_size=cfg.optim.batch_size, sampler=EpochSampler(
-            len(windows), cfg.seed, cfg.optim.batch_size, np.array([len(w) for w in windows]) if cfg.bucket_by_length else None),
-                          collate_fn=collate, num_workers=cfg.num_workers)
+        self.counts = {
+            "items": n_items,
+            "users": len(self.seqs.items),
+            "train_windows": len(windows),
+            "train_positions": int(sum((w > 0).sum() - causal for w in windows)),
+        }
+        return DataLoader(
+            self.train_set,
+            batch_size=cfg.optim.batch_size,
+            sampler=EpochSampler(
+                len(windows),
+                cfg.seed,
+                cfg.optim.batch_size,
+                np.array([len(w) for w in windows]) if cfg.bucket_by_length else None,
+            ),
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+        )
 
     def _setup_eval_data(self, causal: bool) -> None:
         self.eval_loaders = {}
         for split in ("valid", "test"):
             hist, rel, skipped = self.seqs.eval_cases(split)
             if not hist:  # model selection never falls back to test
-                need, part = {"valid": ("model selection needs a validation split", "validation"),
-                              "test": ("the final evaluation needs a test split", "test")}[split]
+                need, part = {
+                    "valid": ("model selection needs a validation split", "validation"),
+                    "test": ("the final evaluation needs a test split", "test"),
+                }[split]
                 raise ConfigError(f"{need}: {self.cfg.dataset} has no {split} cases; prepare it with a {part} part")
             cases = EvalCases(hist, rel, self.cfg.model.max_len - (0 if causal else 1))  # BERT4Rec: room for [MASK]
-            dl = DataLoader(cases, batch_size=self.cfg.eval.batch_size, collate_fn=partial(eval_collate, extra=int(not causal)))
+            dl = DataLoader(
+                cases, batch_size=self.cfg.eval.batch_size, collate_fn=partial(eval_collate, extra=int(not causal))
+            )
             self.eval_loaders[split] = self.accelerator.prepare(dl)
             self.counts.setdefault("eval_users", {})[split] = len(cases)
             self.counts.setdefault("eval_users_skipped", {})[split] = skipped
@@ -143,7 +178,9 @@ class TrainRecipe:
         last = self.out / "checkpoints" / "last"
         if self.cfg.resume and last.exists():
             saved = load_config(TrainConfig, self.out / "config.yaml")
-            a, b = (({k: v for k, v in config_to_dict(c).items() if k not in RESUMABLE_KEYS}) for c in (saved, self.cfg))
+            a, b = (
+                ({k: v for k, v in config_to_dict(c).items() if k not in RESUMABLE_KEYS}) for c in (saved, self.cfg)
+            )
             if a != b:
                 diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
                 raise ConfigError(f"{self.out}: cannot resume, config differs from the saved run in: {', '.join(diff)}")
@@ -153,8 +190,10 @@ class TrainRecipe:
             now, before = self.state.inputs, state.get("inputs")
             if before and before != now:
                 diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
-                raise ConfigError(f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
-                                  f"path?) in: {', '.join(diff)}; train into a fresh out_dir")
+                raise ConfigError(
+                    f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
+                    f"path?) in: {', '.join(diff)}; train into a fresh out_dir"
+                )
             if not before:
                 self.accelerator.print(f"{last}: no input identity recorded (an older checkpoint); not checked")
             self.accelerator.load_state(str(last))
@@ -181,16 +220,25 @@ class TrainRecipe:
             timings.append(seconds)
             valid = self.evaluate("valid")
             n = max(1, st.loss_sums.pop("_n", 1))
-            st.history.append({"epoch": st.epoch, "step": st.global_step, "seconds": round(seconds, 2),
-                               **{f"loss/{k}": v / n for k, v in st.loss_sums.items()}, **valid})
+            st.history.append(
+                {
+                    "epoch": st.epoch,
+                    "step": st.global_step,
+                    "seconds": round(seconds, 2),
+                    **{f"loss/{k}": v / n for k, v in st.loss_sums.items()},
+                    **valid,
+                }
+            )
             acc.log({f"valid/{k}": v for k, v in valid.items()}, step=st.global_step)
             if valid["ndcg@10"] > st.best:
                 st.best, st.best_epoch, st.bad_epochs = valid["ndcg@10"], st.epoch, 0
                 acc.save_model(self.model, self.out / "best")  # safetensors
             else:
                 st.bad_epochs += 1
-            acc.print(f"epoch {st.epoch}: valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f} "
-                      f"(best {st.best:.4f} @ {st.best_epoch}), {seconds:.1f}s")
+            acc.print(
+                f"epoch {st.epoch}: valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f} "
+                f"(best {st.best:.4f} @ {st.best_epoch}), {seconds:.1f}s"
+            )
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
             self.save_checkpoint()
             self._write_metrics(timings=timings)
@@ -213,8 +261,13 @@ class TrainRecipe:
         total = len(self.train_loader) // cfg.optim.grad_accum
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
-        bar = tqdm(total=total, initial=st.step_in_epoch, desc=f"epoch {st.epoch}", dynamic_ncols=True,
-                   disable=not (cfg.progress and acc.is_local_main_process))
+        bar = tqdm(
+            total=total,
+            initial=st.step_in_epoch,
+            desc=f"epoch {st.epoch}",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and acc.is_local_main_process),
+        )
         self.model.train()
         for i, batch in enumerate(loader, start=skip):
             # Dropout depends only on (seed, epoch, batch, rank): a resumed run replays it exactly.
@@ -239,8 +292,12 @@ class TrainRecipe:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if st.global_step % 20 == 0:
                 lrs = {f"lr/{g.get('name', k)}": g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
-                acc.log({f"loss/{k}": float(v.detach()) for k, v in terms.items()} | {"loss/total": float(loss.detach())} | lrs,
-                        step=st.global_step)
+                acc.log(
+                    {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+                    | {"loss/total": float(loss.detach())}
+                    | lrs,
+                    step=st.global_step,
+                )
             if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.stop_after and st.global_step >= cfg.stop_after:
@@ -263,8 +320,13 @@ class TrainRecipe:
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in self.eval_loaders[split]:
             scores = model.scores(batch["history"], batch["lengths"])
-            scores = candidate_scores(scores, batch["seen"] if cfg.eval.exclude_history else None, batch["relevant"],
-                                      cfg.eval.sampled_negatives, gen)
+            scores = candidate_scores(
+                scores,
+                batch["seen"] if cfg.eval.exclude_history else None,
+                batch["relevant"],
+                cfg.eval.sampled_negatives,
+                gen,
+            )
             per_user = acc.gather_for_metrics(ranking_metrics(target_ranks(scores, batch["relevant"]), cfg.eval.ks))
             for k, v in per_user.items():
                 parts.setdefault(k, []).append(v.cpu())
@@ -302,11 +364,16 @@ class TrainRecipe:
         peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if torch.cuda.is_available() and acc.device.type == "cuda":
             peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        out = {"selected_epoch": st.best_epoch, "best_valid_ndcg@10": st.best, "valid_history": st.history,
-               "test": test, "protocol": {"ranking": self.ranking_label,
-                                          "exclude_history": self.cfg.eval.exclude_history},
-               "counts": self.counts, "world_size": acc.num_processes,
-               "timing": {"epoch_seconds_this_session": timings or [], **peak}}
+        out = {
+            "selected_epoch": st.best_epoch,
+            "best_valid_ndcg@10": st.best,
+            "valid_history": st.history,
+            "test": test,
+            "protocol": {"ranking": self.ranking_label, "exclude_history": self.cfg.eval.exclude_history},
+            "counts": self.counts,
+            "world_size": acc.num_processes,
+            "timing": {"epoch_seconds_this_session": timings or [], **peak},
+        }
         (self.out / "metrics.json").write_text(json.dumps(out, indent=2))
 
     def write_process_report(self) -> None:
@@ -316,13 +383,25 @@ class TrainRecipe:
         checksum = math.fsum(float(v.double().sum()) for v in params.values())
         path = self.out / "processes" / f"rank{acc.process_index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"rank": acc.process_index, "world_size": acc.num_processes,
-                                    "device": str(acc.device), "param_checksum": checksum}))
+        path.write_text(
+            json.dumps(
+                {
+                    "rank": acc.process_index,
+                    "world_size": acc.num_processes,
+                    "device": str(acc.device),
+                    "param_checksum": checksum,
+                }
+            )
+        )
 
     @property
     def ranking_label(self) -> str:
         n = self.cfg.eval.sampled_negatives
-        return f"SAMPLED: target vs {n} random negatives (not comparable to full ranking)" if n else "full ranking over all items"
+        return (
+            f"SAMPLED: target vs {n} random negatives (not comparable to full ranking)"
+            if n
+            else "full ranking over all items"
+        )
 
     def cleanup(self) -> None:
         self.write_process_report()

@@ -4,6 +4,7 @@ A backbone maps item representations to sequence representations; it never owns 
 same SASRec runs on ID embeddings or on fused ID + modality representations. Sequences are right-padded
 with item 0 (RecBole's layout): with a causal model the outputs at real positions never see padding.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Training masks a fraction of the items with a [MASK] token (item id N + 1) and predicts them from both
 sides; at inference a [MASK] is appended after the history and its state ranks the next item.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 NOTE: trained with full-softmax CE at every position (as RecBole does), not the paper's session-parallel
 mini-batches with BPR/TOP1.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 NOTE: like RecBole, this uses post-norm layers with GELU and right padding with learned absolute positions
 (the paper left-pads); at real positions the two are equivalent under the causal mask.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,21 +1,21 @@
 """Generate the config reference (docs/CONFIG.md) from the typed schemas, so it cannot drift from the code.
 
-    python -m kdsr.config_docs            # rewrite docs/CONFIG.md
-    python -m kdsr.config_docs --check    # exit 1 if docs/CONFIG.md is stale (run by the tests)
+python -m jobs.config_docs            # rewrite docs/CONFIG.md
+python -m jobs.config_docs --check    # exit 1 if docs/CONFIG.md is stale (run by the tests)
 """
+
 from __future__ import annotations
 
 import inspect
 import re
 import sys
 import typing
-from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from jobs.stages import SCHEMAS, schema_for
 from kdsr.paths import REPO_ROOT
-from kdsr.stages import SCHEMAS, schema_for
 
 OUT = REPO_ROOT / "docs" / "CONFIG.md"
 
@@ -94,7 +94,7 @@ def render() -> str:
     parts = [
         "# Config reference",
         "",
-        "Generated from the typed schemas by `python -m kdsr.config_docs`; a test fails when this file is stale.",
+        "Generated from the typed schemas by `python -m jobs.config_docs`; a test fails when this file is stale.",
         "Every key can be overridden on the command line as `key.sub=value` (the value is parsed as YAML);",
         "`${VAR}` and `${VAR:-default}` in strings are expanded from the environment. Unknown keys are errors.",
         "",
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if "--check" in argv:
         if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run `python -m kdsr.config_docs`", file=sys.stderr)
+            print(f"{OUT} is stale: run `python -m jobs.config_docs`", file=sys.stderr)
             return 1
         return 0
     OUT.parent.mkdir(exist_ok=True)

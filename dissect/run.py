@@ -4,18 +4,19 @@ The output is itself a FeatureStore (same item_ids and mask, embeddings = reduce
 trainer reads one store, plus `facets` [d], `centroids` [K, F], `dim_affinity` [d, d] and provenance in
 attrs["dissect"]. Only the reduced N x d matrix is held in memory (512 MB at 1M x 128).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
 
 from feature_store.store import FeatureStore, StoreError
 from kdsr.config import config_to_dict
-from kdsr.prepare.dataset import PreparedDataset
+from kdsr.dataset import PreparedDataset
 
 from .codebook import CodebookError, assign_codes, cooccur_pairs, facet_similarity, fit_codebook, uniform_pairs
 from .config import DissectConfig
@@ -42,7 +43,9 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     timings: dict[str, float] = {}
     src = FeatureStore.open(cfg.features)
     if not src.is_complete():
-        raise StoreError(f"{cfg.features}: {len(src.pending_shards())} shards are not written yet; finish the encode first")
+        raise StoreError(
+            f"{cfg.features}: {len(src.pending_shards())} shards are not written yet; finish the encode first"
+        )
     ds = None
     if cfg.dataset:
         ds = PreparedDataset.open(cfg.dataset)
@@ -55,12 +58,16 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     N, D, d = src.n_items, src.dim, (src.dim if cfg.reduce.method == "none" else cfg.reduce.dim)
     need_gb = N * d * 4 / 2**30
     if need_gb > cfg.max_memory_gb:
-        raise StoreError(f"{cfg.features}: {N:,} x {d} reduced features need {need_gb:.1f} GiB > max_memory_gb={cfg.max_memory_gb}; reduce to fewer dims")
+        raise StoreError(
+            f"{cfg.features}: {N:,} x {d} reduced features need {need_gb:.1f} GiB > max_memory_gb={cfg.max_memory_gb}; reduce to fewer dims"
+        )
     # fail fast on F / d before any long pass
     facet_sizes(d, cfg.facets.n_facets)
     max_pairs = cfg.codebook.random_pairs + (cfg.codebook.cooccur_pairs if cfg.dataset else 0)
     if cfg.codebook.n_codes > max_pairs:
-        raise CodebookError(f"codebook.n_codes={cfg.codebook.n_codes} is larger than the {max_pairs} pairs to sample; sample more pairs or use fewer codes")
+        raise CodebookError(
+            f"codebook.n_codes={cfg.codebook.n_codes} is larger than the {max_pairs} pairs to sample; sample more pairs or use fewer codes"
+        )
     if cfg.facets.mode == "chunks":
         chunk_facets(d, cfg.facets.n_facets)
     log(f"dissect {cfg.features}: {N:,} items x {D} dims -> {out}")
@@ -70,7 +77,12 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     red = fit_reduction(src, mask, cfg.reduce, cfg.seed, log)
     timings["reduce_fit"] = time.perf_counter() - t
     dst = FeatureStore.create(
-        out, src.item_ids(), red.dim, dtype="float32", shard_size=src.shard_size, overwrite=cfg.overwrite,
+        out,
+        src.item_ids(),
+        red.dim,
+        dtype="float32",
+        shard_size=src.shard_size,
+        overwrite=cfg.overwrite,
         attrs={"source_store": str(cfg.features), "source_fingerprint": src.attrs.get("item_fingerprint")},
     )
     t = time.perf_counter()
@@ -80,7 +92,9 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     x = dst.read_all("float32")
     usable = dst.mask()
     rows = np.flatnonzero(usable)
-    log(f"reduced to {red.dim} dims ({red.method}); {len(rows):,} usable rows, {counts['masked_rows']} masked, {counts['zero_rows']} all-zero")
+    log(
+        f"reduced to {red.dim} dims ({red.method}); {len(rows):,} usable rows, {counts['masked_rows']} masked, {counts['zero_rows']} all-zero"
+    )
     if len(rows) < 2:
         raise StoreError(f"{cfg.features}: need at least 2 usable items, found {len(rows)}")
     rng = np.random.default_rng(cfg.seed)
@@ -93,7 +107,9 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     if fc.mode != "chunks" and d % fc.n_facets == 0:
         quality["chunks"] = facet_quality(affinity, chunk_facets(d, fc.n_facets))
     timings["facets"] = time.perf_counter() - t
-    log(f"facets ({fc.mode}, {fc.statistic}): sizes {np.bincount(facets).tolist()}; mean affinity within/across {quality[fc.mode]['within']:.3f}/{quality[fc.mode]['across']:.3f}")
+    log(
+        f"facets ({fc.mode}, {fc.statistic}): sizes {np.bincount(facets).tolist()}; mean affinity within/across {quality[fc.mode]['within']:.3f}/{quality[fc.mode]['across']:.3f}"
+    )
 
     t = time.perf_counter()
     cb = cfg.codebook
@@ -108,7 +124,9 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
         pairs["cooccur"] = p[keep]
     all_pairs = np.concatenate(list(pairs.values()))
     sims = facet_similarity(x, all_pairs[:, 0], all_pairs[:, 1], facets, fc.n_facets)
-    log(f"codebook: {len(all_pairs):,} pairs ({', '.join(f'{k} {len(v):,}' for k, v in pairs.items())}), dropped {dropped or 'none'}")
+    log(
+        f"codebook: {len(all_pairs):,} pairs ({', '.join(f'{k} {len(v):,}' for k, v in pairs.items())}), dropped {dropped or 'none'}"
+    )
     centroids, info = fit_codebook(sims, cb, cfg.seed)
     codes = assign_codes(sims, centroids)
     by_source, at = {}, 0
@@ -119,28 +137,49 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
 
     g = dst.group
     g.create_array("facets", shape=facets.shape, chunks=facets.shape, dtype="int64", overwrite=True)[:] = facets
-    g.create_array("centroids", shape=centroids.shape, chunks=centroids.shape, dtype="float32", overwrite=True)[:] = centroids
-    g.create_array("dim_affinity", shape=affinity.shape, chunks=affinity.shape, dtype="float32", overwrite=True)[:] = affinity.astype(np.float32)
+    g.create_array("centroids", shape=centroids.shape, chunks=centroids.shape, dtype="float32", overwrite=True)[:] = (
+        centroids
+    )
+    g.create_array("dim_affinity", shape=affinity.shape, chunks=affinity.shape, dtype="float32", overwrite=True)[:] = (
+        affinity.astype(np.float32)
+    )
     timings["total"] = time.perf_counter() - t0
     dst.update_attrs(
         dissect={
             "seed": cfg.seed,
-            "source": {"path": str(cfg.features), "item_fingerprint": src.attrs.get("item_fingerprint"), "n_items": N, "dim": D},
+            "source": {
+                "path": str(cfg.features),
+                "item_fingerprint": src.attrs.get("item_fingerprint"),
+                "n_items": N,
+                "dim": D,
+            },
             "dataset": cfg.dataset,
             "reduction": {**red.attrs, **counts},
             "facets": {
-                "mode": fc.mode, "n_facets": fc.n_facets, "statistic": fc.statistic, "sample_items": int(len(sample)),
-                "sizes": np.bincount(facets, minlength=fc.n_facets).tolist(), "quality": quality,
+                "mode": fc.mode,
+                "n_facets": fc.n_facets,
+                "statistic": fc.statistic,
+                "sample_items": int(len(sample)),
+                "sizes": np.bincount(facets, minlength=fc.n_facets).tolist(),
+                "quality": quality,
             },
             "codebook": {
-                "n_codes": cb.n_codes, "pairs": {k: int(len(v)) for k, v in pairs.items()}, "dropped": dropped,
-                "max_seq_len": cb.max_seq_len, "batch_size": cb.batch_size, "n_init": cb.n_init,
-                "max_iter": cb.max_iter, "codes_by_source": by_source, **info,
+                "n_codes": cb.n_codes,
+                "pairs": {k: int(len(v)) for k, v in pairs.items()},
+                "dropped": dropped,
+                "max_seq_len": cb.max_seq_len,
+                "batch_size": cb.batch_size,
+                "n_init": cb.n_init,
+                "max_iter": cb.max_iter,
+                "codes_by_source": by_source,
+                **info,
             },
             "timings_s": {k: round(v, 2) for k, v in timings.items()},
             "config": config_to_dict(cfg),
         }
     )
-    log(f"codebook: K={cb.n_codes}, inertia/pair {info['inertia_per_pair']:.4f}, largest code {info['cluster_sizes'][0]:,} pairs, smallest {info['cluster_sizes'][-1]:,}")
+    log(
+        f"codebook: K={cb.n_codes}, inertia/pair {info['inertia_per_pair']:.4f}, largest code {info['cluster_sizes'][0]:,} pairs, smallest {info['cluster_sizes'][-1]:,}"
+    )
     log(f"done in {timings['total']:.1f}s: {out}")
     return Path(out)

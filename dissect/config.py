@@ -2,6 +2,7 @@
 
 Defaults follow the paper's released run (d = 128, F = 8, K = 50); YAML files state only what differs.
 """
+
 from __future__ import annotations
 
 from typing import Literal

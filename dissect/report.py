@@ -6,10 +6,11 @@ It shows (1) how much more dims co-vary inside a facet than across, for the stor
 paper's contiguous chunks, (2) the distribution of correlation types, and (3) for a few types the item pairs
 closest to the centroid, with titles, so a person can read what a type captures.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -27,7 +28,9 @@ def _titles_by_row(store: FeatureStore, titles: Mapping[str, str] | Sequence[str
     if isinstance(titles, Mapping):
         return [str(titles.get(i, f"<{i}: no title>")) for i in store.item_ids()]
     if len(titles) != store.n_items:
-        raise ValueError(f"{store.path}: {len(titles)} titles for {store.n_items} items (a list must have one per store row)")
+        raise ValueError(
+            f"{store.path}: {len(titles)} titles for {store.n_items} items (a list must have one per store row)"
+        )
     return [str(t) for t in titles]
 
 
@@ -36,7 +39,9 @@ def _short(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def partitions(d: int, n_facets: int, stored: np.ndarray, mode: str, affinity: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def partitions(
+    d: int, n_facets: int, stored: np.ndarray, mode: str, affinity: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
     """The stored facets plus the other mode, so every report compares clustered with chunks."""
     out = {f"{mode} (stored)": stored}
     if mode != "chunks" and d % n_facets == 0:
@@ -95,16 +100,27 @@ def report(
     ]
     quality = {}
     for pname, part in parts.items():
-        for sname, a in ((fm["statistic"], affinity), ("pearson", pearson)) if fm["statistic"] != "pearson" else (("pearson", affinity),):
+        for sname, a in (
+            ((fm["statistic"], affinity), ("pearson", pearson))
+            if fm["statistic"] != "pearson"
+            else (("pearson", affinity),)
+        ):
             q = facet_quality(a, part)
             quality[(pname, sname)] = q
-            lines.append(f"| {pname} | {sname} | {q['within']:.4f} | {q['across']:.4f} | {q['within'] / max(q['across'], 1e-12):.2f} |")
+            lines.append(
+                f"| {pname} | {sname} | {q['within']:.4f} | {q['across']:.4f} | {q['within'] / max(q['across'], 1e-12):.2f} |"
+            )
 
     # heatmap: |affinity| ordered by facet, stored facets next to chunks
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.8), squeeze=False)
     for ax, (pname, part) in zip(axes[0], parts.items()):
         order = np.argsort(part, kind="stable")
-        im = ax.imshow(affinity[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=np.quantile(affinity[~np.eye(d, dtype=bool)], 0.99))
+        im = ax.imshow(
+            affinity[np.ix_(order, order)],
+            cmap="viridis",
+            vmin=0,
+            vmax=np.quantile(affinity[~np.eye(d, dtype=bool)], 0.99),
+        )
         for edge in np.cumsum(np.bincount(part))[:-1]:
             ax.axhline(edge - 0.5, color="w", lw=0.6)
             ax.axvline(edge - 0.5, color="w", lw=0.6)
@@ -152,7 +168,9 @@ def report(
     ]
     for k in range(K):
         mean_hol = hol[codes == k].mean() if (codes == k).any() else float("nan")
-        lines.append(f"| {k} | {fit_sizes[k] / fit_sizes.sum():.3f} | {share[k]:.3f} | {mean_hol:.3f} | {' '.join(f'{v:+.2f}' for v in centroids[k])} |")
+        lines.append(
+            f"| {k} | {fit_sizes[k] / fit_sizes.sum():.3f} | {share[k]:.3f} | {mean_hol:.3f} | {' '.join(f'{v:+.2f}' for v in centroids[k])} |"
+        )
 
     # a few readable types: highest / lowest mean centroid and the most uneven across facets
     picks = [int(np.argmax(centroids.mean(1))), int(np.argmax(centroids.std(1))), int(np.argmin(centroids.mean(1))), 0]
@@ -178,7 +196,9 @@ def report(
             shown.add((min(a, b), max(a, b)))
             if len(shown) > n_examples:
                 break
-            lines.append(f"| {_short(names[a])} | {_short(names[b])} | {hol[p]:.2f} | {' '.join(f'{v:+.2f}' for v in sims[p])} |")
+            lines.append(
+                f"| {_short(names[a])} | {_short(names[b])} | {hol[p]:.2f} | {' '.join(f'{v:+.2f}' for v in sims[p])} |"
+            )
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -4,15 +4,17 @@ Both fit on a seeded sample of whole chunks (`fit_rows`), then one more streamed
 writes the reduced store shard by shard, so memory stays O(block * D + D^2) whatever N is.
 Rows that are masked or all-zero are left out of the fit and written as masked zero rows.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from feature_store.store import FeatureStore, StoreError
+from feature_store.teacher import usable_rows
 
 from .config import ReduceConfig
 
@@ -52,11 +54,6 @@ class Reduction:
         return y.numpy()
 
 
-def usable_rows(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """mask & not an all-zero row: a zero row has no direction, so its cosines are undefined."""
-    return np.asarray(mask, bool) & np.any(block != 0, axis=1)
-
-
 def block_starts(store: FeatureStore, block_rows: int) -> tuple[int, list[int]]:
     """Block size rounded up to whole store chunks, and the start row of every block."""
     step = -(-block_rows // store.shard_size) * store.shard_size
@@ -77,7 +74,9 @@ def fit_blocks(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, rng: np
     return sorted(chosen)
 
 
-def _blocks(store: FeatureStore, starts: list[int], step: int, mask: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _blocks(
+    store: FeatureStore, starts: list[int], step: int, mask: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     for start in starts:
         block = np.asarray(store.embeddings[start : start + step])
         yield start, block, usable_rows(block, mask[start : start + step])
@@ -139,7 +138,9 @@ def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int,
     )
 
 
-def fit_autoencoder(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
+def fit_autoencoder(
+    store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet
+) -> Reduction:
     """The paper's one-layer autoencoder: z = sigmoid(W x + b), x' = W' z + b', MSE, Adam, seeded.
 
     Inputs are standardised per dim (mean and std of the fit rows, one streamed pass), so the sigmoid is
@@ -234,7 +235,12 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, red: Reduction, block_ro
             out[ok] = red.transform(block[ok])
         for shard in range(start // dst.shard_size, -(-(start + len(block)) // dst.shard_size)):
             a, b = dst.shard_rows(shard)
-            dst.write_shard(shard, out[a - start : b - start], mask=ok[a - start : b - start], errors=list(errs[a - start : b - start]))
+            dst.write_shard(
+                shard,
+                out[a - start : b - start],
+                mask=ok[a - start : b - start],
+                errors=list(errs[a - start : b - start]),
+            )
         if (i + 1) % 10 == 0 or i + 1 == len(starts):
             log(f"  reduce: {min(start + step, src.n_items):,}/{src.n_items:,} rows written")
     return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows}

@@ -7,6 +7,7 @@ partition maximises the summed affinity inside facets: k-means on the affinity r
 assignment (Hungarian on facet "slots") iterated to a fixed point, then greedy pair swaps that strictly
 increase the objective (at most ~2e9 / d^2 swaps, so d = 4096 stays in seconds).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,7 +81,9 @@ def clustered_facets(affinity: np.ndarray, n_facets: int, seed: int = 0, max_rou
         return np.zeros(d, np.int64)
     with threadpool_limits(1):  # a d x d problem: threads only add spin-waiting on a busy machine
         start = KMeans(n_clusters=n_facets, random_state=seed, n_init=10).fit_predict(a)
-    facets = _balanced_assign(_facet_sums(a, start, n_facets) / np.maximum(np.bincount(start, minlength=n_facets), 1), sizes)
+    facets = _balanced_assign(
+        _facet_sums(a, start, n_facets) / np.maximum(np.bincount(start, minlength=n_facets), 1), sizes
+    )
     for _ in range(max_rounds):  # balanced kernel k-means: reassign to the facet with most mean affinity
         new = _balanced_assign(_facet_sums(a, facets, n_facets) / sizes, sizes)
         if np.array_equal(new, facets):
@@ -118,7 +121,9 @@ def facet_quality(affinity: np.ndarray, facets: np.ndarray) -> dict:
     }
 
 
-def assign_facets(x: np.ndarray, mode: str, n_facets: int, statistic: str = "energy", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def assign_facets(
+    x: np.ndarray, mode: str, n_facets: int, statistic: str = "energy", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Facet id of every dim, and the affinity matrix it was computed from. x: [n, d] sample of valid items."""
     d = x.shape[1]
     facet_sizes(d, n_facets)  # F <= d, with a clear error

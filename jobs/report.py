@@ -3,6 +3,7 @@
 Everything in it is read back from the stages' own outputs (metrics.json of each run, the dissection store),
 so the report shows what was measured, never a number typed in by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdsr.prepare.dataset import PreparedDataset  # noqa: E402
+from kdsr.dataset import PreparedDataset  # noqa: E402
 from trainer.retention import run_retention  # noqa: E402
 
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
@@ -35,17 +36,26 @@ def comparison_rows(runs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
         test = m.get("test") or {}
         hist = m.get("valid_history", [])
         secs = [h["seconds"] for h in hist if "seconds" in h]
-        rows.append({"label": label, "run": str(run_dir), **{k: test.get(k) for k in TABLE_METRICS},
-                     "selected_epoch": m.get("selected_epoch"), "epochs": len(hist),
-                     "sec_per_epoch": sum(secs) / len(secs) if secs else None,
-                     "ranking": (m.get("protocol") or {}).get("ranking"),
-                     "retention": run_retention(run_dir) if (Path(run_dir) / "best").exists() else {}})
+        rows.append(
+            {
+                "label": label,
+                "run": str(run_dir),
+                **{k: test.get(k) for k in TABLE_METRICS},
+                "selected_epoch": m.get("selected_epoch"),
+                "epochs": len(hist),
+                "sec_per_epoch": sum(secs) / len(secs) if secs else None,
+                "ranking": (m.get("protocol") or {}).get("ranking"),
+                "retention": run_retention(run_dir) if (Path(run_dir) / "best").exists() else {},
+            }
+        )
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | selected epoch / run | s per epoch "
-            "| encoder kept (pair-cosine r) |")
+    head = (
+        "| variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | selected epoch / run | s per epoch "
+        "| encoder kept (pair-cosine r) |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     base = rows[0]["ndcg@10"] if rows and rows[0]["ndcg@10"] else None
     for r in rows:
@@ -88,7 +98,7 @@ def _section(markdown: Path, heading: str) -> str:
     if heading not in lines:
         return ""
     body = []
-    for line in lines[lines.index(heading) + 1:]:
+    for line in lines[lines.index(heading) + 1 :]:
         if line.startswith("## "):
             break
         body.append("#" + line if line.startswith("#") else line)
@@ -96,7 +106,7 @@ def _section(markdown: Path, heading: str) -> str:
 
 
 def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, runs: list[tuple[str, Path]]) -> Path:
-    from feature_store.dissect.report import report as dissection_report
+    from dissect.report import report as dissection_report
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,16 +117,20 @@ def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, r
     evidence = dissection_report(dissection, titles, out / "dissection", name=cfg.name)
     stats = ds.stats
     stage_lines = "\n".join(
-        f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values())
+        f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values()
+    )
     ranking = {r["ranking"] for r in rows if r["ranking"]}
-    budget_note = ("These runs use a shortened budget set for this pipeline, so they show the pipeline working, "
-                   "not the method's converged quality (bench/run_quality.py runs full budgets). "
-                   if any(o.startswith(("epochs=", "max_steps=")) for o in cfg.train_overrides) else "")
+    budget_note = (
+        "These runs use a shortened budget set for this pipeline, so they show the pipeline working, "
+        "not the method's converged quality (bench/run_quality.py runs full budgets). "
+        if any(o.startswith(("epochs=", "max_steps=")) for o in cfg.train_overrides)
+        else ""
+    )
     text = f"""# {cfg.name}: pipeline report
 
-Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `kdsr pipeline`. Dataset `{ds.name}`:
-{stats['n_users']:,} users, {stats['n_items']:,} items, {stats['n_interactions']:,} interactions,
-split protocol `{stats.get('protocol')}`; evaluation: {', '.join(sorted(ranking)) or 'full ranking'}.
+Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} by `kdsr pipeline`. Dataset `{ds.name}`:
+{stats["n_users"]:,} users, {stats["n_items"]:,} items, {stats["n_interactions"]:,} interactions,
+split protocol `{stats.get("protocol")}`; evaluation: {", ".join(sorted(ranking)) or "full ranking"}.
 
 ## Test metrics (checkpoint selected on validation NDCG@10)
 
@@ -126,7 +140,7 @@ Percentages: NDCG@10 relative to the first row. Encoder kept: Pearson r between 
 trained modality table and of the stored features it started from (1.0 = nothing forgotten;
 `trainer/retention.py`), the modality forgetting that distillation and the slow step are meant to prevent.
 {budget_note}Budget and settings of each run are in its
-`config.yaml`; the train overrides applied to every variant here: `{' '.join(cfg.train_overrides) or 'none'}`.
+`config.yaml`; the train overrides applied to every variant here: `{" ".join(cfg.train_overrides) or "none"}`.
 
 ![training curves]({curves.name})
 

@@ -3,6 +3,7 @@
 Defaults follow the field's standard protocol (DESIGN.md section 4): 5-core, items must have text,
 leave-one-out. Bad input is an error unless a policy here says to skip it (then it is counted).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -10,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kdsr.config import Config
-from kdsr.prepare.dataset import IMAGE_COLUMN
+from kdsr.dataset import IMAGE_COLUMN
 
 SOURCES = ("table", "recbole_split", "amazon", "huggingface")
 
@@ -134,7 +135,7 @@ class PrepareConfig(Config):
     split: SplitConfig = SplitConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "PrepareConfig":
+    def _check(self) -> PrepareConfig:
         given = [s for s in SOURCES if getattr(self, s) is not None]
         if len(given) != 1:
             raise ValueError(f"exactly one source section is needed ({', '.join(SOURCES)}); got {given or 'none'}")
@@ -144,10 +145,14 @@ class PrepareConfig(Config):
         if s.valid_start is not None and s.test_start is not None and s.valid_start > s.test_start:
             raise ValueError("split.valid_start must be <= split.test_start")
         if self.recbole_split is not None and s.protocol != "leave_one_out":
-            raise ValueError("recbole_split keeps the files' own leave-one-out split: split.protocol must be leave_one_out")
+            raise ValueError(
+                "recbole_split keeps the files' own leave-one-out split: split.protocol must be leave_one_out"
+            )
         image_field = getattr(self.source, "image_field", None)
         if image_field and IMAGE_COLUMN in getattr(self.source, "text_fields", []):
-            raise ValueError(f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; rename or drop it")
+            raise ValueError(
+                f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; rename or drop it"
+            )
         if self.amazon is not None and self.amazon.reviews is None and self.amazon.category is None:
             raise ValueError("amazon: set reviews (a path) or category (files under download_dir)")
         if self.filter.rating_threshold is not None and self.source_kind in ("table", "huggingface"):

@@ -1,10 +1,11 @@
 """Row filters of `prepare`, each vectorised in polars and each returning how many rows it removed, so
 stats.json can account for every dropped row. Bad input raises unless the policy says to drop it."""
+
 from __future__ import annotations
 
 import polars as pl
 
-from kdsr.prepare.readers import InputError, Raw
+from prepare.readers import InputError, Raw
 
 
 def drop_missing(raw: Raw, policy: str) -> int:
@@ -13,7 +14,9 @@ def drop_missing(raw: Raw, policy: str) -> int:
     if bad.height and policy == "error":
         row = bad.row(0, named=True)
         empty = [c for c in ("user", "item", "timestamp") if row[c] is None]
-        raise InputError(f"{raw.where(row['record'])}: missing {', '.join(empty)} ({bad.height} such rows; policy.bad_rows: skip counts them)")
+        raise InputError(
+            f"{raw.where(row['record'])}: missing {', '.join(empty)} ({bad.height} such rows; policy.bad_rows: skip counts them)"
+        )
     raw.interactions = raw.interactions.drop_nulls(["user", "item", "timestamp"])
     return bad.height
 

@@ -12,6 +12,7 @@
 
 Index 0 is reserved for padding in both ID spaces; the feature store's row r is item r + 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,17 @@ class PreparedDataset:
     path: Path
 
     @classmethod
-    def open(cls, path: str | Path) -> "PreparedDataset":
+    def open(cls, path: str | Path) -> PreparedDataset:
         path = Path(path)
-        missing = [f for f in ("items.parquet", "users.parquet", "interactions.parquet", "stats.json") if not (path / f).exists()]
+        missing = [
+            f
+            for f in ("items.parquet", "users.parquet", "interactions.parquet", "stats.json")
+            if not (path / f).exists()
+        ]
         if missing:
-            raise DatasetError(f"{path}: not a prepared dataset (missing {', '.join(missing)}); run `kdsr prepare` first")
+            raise DatasetError(
+                f"{path}: not a prepared dataset (missing {', '.join(missing)}); run `kdsr prepare` first"
+            )
         return cls(path)
 
     @cached_property
@@ -86,5 +93,7 @@ class PreparedDataset:
             raise ValueError(f"unknown split(s) {sorted(unknown)}; use {SPLITS}")
         return (
             self.interactions.filter(pl.col("split").is_in(list(splits)))
-            .sort("user", "position").group_by("user", maintain_order=True).agg("item")
+            .sort("user", "position")
+            .group_by("user", maintain_order=True)
+            .agg("item")
         )

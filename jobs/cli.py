@@ -1,12 +1,13 @@
 """The `kdsr` command: one subcommand per stage, each the same `main(argv)` as `python -m jobs.<stage>`.
 
-    kdsr prepare  configs/prepare/beauty.yaml   [key.sub=value ...]
-    kdsr encode   configs/encode/beauty-minilm.yaml
-    kdsr dissect  configs/dissect/beauty-minilm.yaml
-    kdsr train    configs/train/beauty-sasrec-kd.yaml
-    kdsr evaluate runs/train/beauty-sasrec-kd
-    kdsr pipeline configs/pipeline/beauty-minilm.yaml
+kdsr prepare  configs/prepare/beauty.yaml   [key.sub=value ...]
+kdsr encode   configs/encode/beauty-minilm.yaml
+kdsr dissect  configs/dissect/beauty-minilm.yaml
+kdsr train    configs/train/beauty-sasrec-kd.yaml
+kdsr evaluate runs/train/beauty-sasrec-kd
+kdsr pipeline configs/pipeline/beauty-minilm.yaml
 """
+
 from __future__ import annotations
 
 import importlib

@@ -8,19 +8,52 @@ workers (it uses whatever `torch.set_num_threads` allows, and 1 is fine).
     t = teacher.targets(seqs)          # seqs: [B, L] item indices, 0 = padding
     t.sim, t.codes, t.valid, t.pair_mask
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from feature_store.store import FeatureStore, StoreError
 
-from .codebook import IGNORE, facet_units, nearest_centroid
-from .reduce import usable_rows
+IGNORE = -100  # code of a pair with no target: PyTorch's cross-entropy ignore_index
+
+
+def usable_rows(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mask & not an all-zero row: a zero row has no direction, so its cosines are undefined."""
+    return np.asarray(mask, bool) & np.any(block != 0, axis=1)
+
+
+def facet_units(x: torch.Tensor, facets: torch.Tensor, n_facets: int) -> torch.Tensor:
+    """[n, d] -> [n, F, m]: each facet's dims (zero-padded to the largest facet, m dims) scaled to unit norm.
+    A facet that is all zero stays zero, so its cosine with anything is 0."""
+    sizes = torch.bincount(facets, minlength=n_facets)
+    m = int(sizes.max())
+    d = facets.numel()
+    order = torch.argsort(facets, stable=True)
+    slot = torch.full((n_facets, m), d, dtype=torch.long)  # index d = an extra zero column
+    start = 0
+    for f in range(n_facets):
+        k = int(sizes[f])
+        slot[f, :k] = order[start : start + k]
+        start += k
+    xz = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
+    u = xz[:, slot]  # [n, F, m]
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def nearest_centroid(sims: torch.Tensor, centroids_t: torch.Tensor, half_norm: torch.Tensor, rows: int) -> torch.Tensor:
+    """Nearest centroid (squared Euclidean) of each row of sims [P, F], given centroids_t [F, K] and
+    half_norm [K] = ||c||^2 / 2: argmin ||s - c||^2 = argmax (s.c - ||c||^2 / 2), one addmm per `rows` rows."""
+    out = torch.empty(sims.shape[0], dtype=torch.long, device=sims.device)
+    for s in range(0, sims.shape[0], rows):  # bounded (rows, K) score blocks
+        out[s : s + rows] = torch.addmm(half_norm, sims[s : s + rows], centroids_t, beta=-1).argmax(-1)
+    return out
 
 
 class TeacherTargets(NamedTuple):
@@ -50,12 +83,16 @@ class Teacher:
         self._centroids_t = self.centroids.T.contiguous()
 
     @classmethod
-    def from_store(cls, path: str | Path, device: str | torch.device = "cpu", dataset_item_ids: Sequence[str] | None = None) -> "Teacher":
+    def from_store(
+        cls, path: str | Path, device: str | torch.device = "cpu", dataset_item_ids: Sequence[str] | None = None
+    ) -> Teacher:
         """Load a dissection store (`kdsr dissect` output). Item index i = store row i - 1; index 0 = padding."""
         store = FeatureStore.open(path)
         missing = [k for k in ("facets", "centroids") if k not in store.group]
         if missing:
-            raise StoreError(f"{path}: not a dissection store (missing {', '.join(missing)}); run `kdsr dissect` on it first")
+            raise StoreError(
+                f"{path}: not a dissection store (missing {', '.join(missing)}); run `kdsr dissect` on it first"
+            )
         if dataset_item_ids is not None:
             store.check_items(dataset_item_ids)
         elif not store.is_complete():
@@ -67,7 +104,9 @@ class Teacher:
         facets = torch.from_numpy(np.asarray(store.group["facets"][:], np.int64))
         centroids = torch.from_numpy(np.asarray(store.group["centroids"][:], np.float32))
         if facets.numel() != x.shape[1] or int(facets.max()) + 1 != centroids.shape[1]:
-            raise StoreError(f"{path}: facets ({facets.numel()} dims, {int(facets.max()) + 1} facets) do not fit features {x.shape} / centroids {tuple(centroids.shape)}")
+            raise StoreError(
+                f"{path}: facets ({facets.numel()} dims, {int(facets.max()) + 1} facets) do not fit features {x.shape} / centroids {tuple(centroids.shape)}"
+            )
         return cls(features, valid, facets, centroids).to(device)
 
     @property
@@ -86,7 +125,7 @@ class Teacher:
     def device(self) -> torch.device:
         return self.features.device
 
-    def to(self, device: str | torch.device) -> "Teacher":
+    def to(self, device: str | torch.device) -> Teacher:
         for name in ("features", "valid", "facets", "centroids", "_facet_unit", "_half_norm", "_centroids_t"):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -98,7 +137,9 @@ class Teacher:
         if seqs.dim() != 2:
             raise ValueError(f"Teacher.targets expects [B, L] item indices, got shape {tuple(seqs.shape)}")
         if seqs.numel() and (int(seqs.min()) < 0 or int(seqs.max()) >= self.features.shape[0]):
-            raise ValueError(f"item index out of range [0, {self.features.shape[0] - 1}] (got {int(seqs.min())}..{int(seqs.max())})")
+            raise ValueError(
+                f"item index out of range [0, {self.features.shape[0] - 1}] (got {int(seqs.min())}..{int(seqs.max())})"
+            )
         B, L = seqs.shape
         valid = self.valid[seqs]  # (B, L)
         both = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
@@ -116,7 +157,9 @@ class Teacher:
             c = torch.matmul(fu, fu.transpose(-1, -2))[b, :, i, j]  # (P, F)
         else:
             c = (self._facet_unit[seqs[b, i]] * self._facet_unit[seqs[b, j]]).sum(-1)  # (P, F)
-        code = nearest_centroid(c, self._centroids_t, self._half_norm, max(1, self.max_block // self.n_codes))  # cache-sized blocks
+        code = nearest_centroid(
+            c, self._centroids_t, self._half_norm, max(1, self.max_block // self.n_codes)
+        )  # cache-sized blocks
         codes = torch.full((B, L, L), IGNORE, dtype=torch.long, device=self.device)
         codes[b, i, j] = code
         codes[b, j, i] = code

@@ -1,13 +1,14 @@
 """A Hugging Face `datasets` source: a hub id (e.g. McAuley-Lab/Amazon-Reviews-2023 for users with internet)
 or a local `save_to_disk` folder. Tables are converted to polars and go through the generic column reader."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import polars as pl
 
-from kdsr.prepare.config import HFDatasetRef, HuggingFaceSource
-from kdsr.prepare.readers import InputError, Raw, from_frames
+from prepare.config import HFDatasetRef, HuggingFaceSource
+from prepare.readers import InputError, Raw, from_frames
 
 
 def load_frame(ref: HFDatasetRef) -> pl.DataFrame:
@@ -35,8 +36,18 @@ def load_frame(ref: HFDatasetRef) -> pl.DataFrame:
 def read_huggingface(src: HuggingFaceSource) -> Raw:
     items = load_frame(src.items) if src.items else None
     raw = from_frames(
-        load_frame(src.interactions), items, src.columns, src.text_fields, src.interactions.path,
-        src.items.path if src.items else None, items_item_column=src.items_item_column, line_offset=None,
+        load_frame(src.interactions),
+        items,
+        src.columns,
+        src.text_fields,
+        src.interactions.path,
+        src.items.path if src.items else None,
+        items_item_column=src.items_item_column,
+        line_offset=None,
     )
-    raw.source = {"format": "huggingface", "interactions": src.interactions.path, **({"items": src.items.path} if src.items else {})}
+    raw.source = {
+        "format": "huggingface",
+        "interactions": src.interactions.path,
+        **({"items": src.items.path} if src.items else {}),
+    }
     return raw

@@ -4,40 +4,25 @@ The codebook is fitted on a sample of pairs, never on all N^2: uniform pairs of 
 pairs that co-occur inside training sequences (within the trainer's window), since those are the pairs the
 code loss supervises. Pairs that cannot be used (same item twice, masked item) are counted, not hidden.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .config import CodebookConfig
+from feature_store.teacher import facet_units, nearest_centroid
 
-IGNORE = -100  # code of a pair with no target: PyTorch's cross-entropy ignore_index
+from .config import CodebookConfig
 
 
 class CodebookError(ValueError):
     """More codes than sampled pairs, or no pairs at all."""
 
 
-def facet_units(x: torch.Tensor, facets: torch.Tensor, n_facets: int) -> torch.Tensor:
-    """[n, d] -> [n, F, m]: each facet's dims (zero-padded to the largest facet, m dims) scaled to unit norm.
-    A facet that is all zero stays zero, so its cosine with anything is 0."""
-    sizes = torch.bincount(facets, minlength=n_facets)
-    m = int(sizes.max())
-    d = facets.numel()
-    order = torch.argsort(facets, stable=True)
-    slot = torch.full((n_facets, m), d, dtype=torch.long)  # index d = an extra zero column
-    start = 0
-    for f in range(n_facets):
-        k = int(sizes[f])
-        slot[f, :k] = order[start : start + k]
-        start += k
-    xz = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
-    u = xz[:, slot]  # [n, F, m]
-    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def facet_similarity(x: np.ndarray, a: np.ndarray, b: np.ndarray, facets: np.ndarray, n_facets: int, chunk: int = 65536) -> np.ndarray:
+def facet_similarity(
+    x: np.ndarray, a: np.ndarray, b: np.ndarray, facets: np.ndarray, n_facets: int, chunk: int = 65536
+) -> np.ndarray:
     """[P, F] float32 facet-similarity vectors of pairs (a[p], b[p]) of rows of x [N, d]."""
     fac = torch.as_tensor(facets, dtype=torch.long)
     out = np.empty((len(a), n_facets), np.float32)
@@ -94,10 +79,14 @@ def fit_codebook(sims: np.ndarray, cfg: CodebookConfig, seed: int) -> tuple[np.n
     if n == 0:
         raise CodebookError("no pairs to fit the codebook on (random_pairs and cooccur_pairs are both 0?)")
     if cfg.n_codes > n:
-        raise CodebookError(f"codebook.n_codes={cfg.n_codes} is larger than the {n} sampled pairs; sample more pairs or use fewer codes")
+        raise CodebookError(
+            f"codebook.n_codes={cfg.n_codes} is larger than the {n} sampled pairs; sample more pairs or use fewer codes"
+        )
     distinct = len(np.unique(sims.round(6), axis=0))
     if cfg.n_codes > distinct:
-        raise CodebookError(f"codebook.n_codes={cfg.n_codes} is larger than the {distinct} distinct facet-similarity vectors")
+        raise CodebookError(
+            f"codebook.n_codes={cfg.n_codes} is larger than the {distinct} distinct facet-similarity vectors"
+        )
     # One OpenMP thread: with F = 8 columns there is nothing to share out, and on a busy machine sklearn's
     # threaded k-means spins (measured 12x slower on 2 loaded cores); it also makes the fit machine-independent.
     from sklearn.cluster import MiniBatchKMeans  # here, not at the top: the trainer's teacher imports this module
@@ -119,15 +108,6 @@ def fit_codebook(sims: np.ndarray, cfg: CodebookConfig, seed: int) -> tuple[np.n
         "cluster_sizes": [int(s) for s in sizes[order]],
         "n_iter": int(km.n_iter_),
     }
-
-
-def nearest_centroid(sims: torch.Tensor, centroids_t: torch.Tensor, half_norm: torch.Tensor, rows: int) -> torch.Tensor:
-    """Nearest centroid (squared Euclidean) of each row of sims [P, F], given centroids_t [F, K] and
-    half_norm [K] = ||c||^2 / 2: argmin ||s - c||^2 = argmax (s.c - ||c||^2 / 2), one addmm per `rows` rows."""
-    out = torch.empty(sims.shape[0], dtype=torch.long, device=sims.device)
-    for s in range(0, sims.shape[0], rows):  # bounded (rows, K) score blocks
-        out[s : s + rows] = torch.addmm(half_norm, sims[s : s + rows], centroids_t, beta=-1).argmax(-1)
-    return out
 
 
 def assign_codes(sims: np.ndarray, centroids: np.ndarray, chunk: int = 262144) -> np.ndarray:

@@ -3,6 +3,7 @@
 Every interaction read is either in interactions.parquet or counted in stats.json `dropped` under a
 reason, and likewise every item: read - dropped = kept, and the run checks that before writing.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,28 +14,28 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.config import save_config
-from kdsr.prepare import filters
-from kdsr.prepare.config import PrepareConfig
-from kdsr.prepare.dataset import IMAGE_COLUMN, SPLITS
-from kdsr.prepare.readers import InputError, Raw
-from kdsr.prepare.split import split
+from kdsr.dataset import IMAGE_COLUMN, SPLITS
+from prepare import filters
+from prepare.config import PrepareConfig
+from prepare.readers import InputError, Raw
+from prepare.split import split
 
 
 def read_source(cfg: PrepareConfig) -> Raw:
     kind = cfg.source_kind
     if kind == "table":
-        from kdsr.prepare.readers import read_table_source
+        from prepare.readers import read_table_source
 
         return read_table_source(cfg.table)
     if kind == "recbole_split":
-        from kdsr.prepare.recbole_split import read_recbole_split
+        from prepare.recbole_split import read_recbole_split
 
         return read_recbole_split(cfg.recbole_split)
     if kind == "amazon":
-        from kdsr.prepare.amazon import read_amazon
+        from prepare.amazon import read_amazon
 
         return read_amazon(cfg.amazon, cfg.policy.bad_rows)
-    from kdsr.prepare.huggingface import read_huggingface
+    from prepare.huggingface import read_huggingface
 
     return read_huggingface(cfg.huggingface)
 
@@ -48,13 +49,23 @@ def prepare(cfg: PrepareConfig) -> Path:
 def process(raw: Raw, cfg: PrepareConfig) -> tuple[pl.DataFrame, dict]:
     """Filters in a fixed order (bad rows, duplicates, unknown items, rating, text, k-core), then order and split."""
     dropped: dict[str, int] = dict.fromkeys(
-        ["interactions.missing_value", "interactions.duplicate", "interactions.unknown_item",
-         "interactions.rating_below_threshold", "interactions.item_without_text", "interactions.kcore"], 0)
+        [
+            "interactions.missing_value",
+            "interactions.duplicate",
+            "interactions.unknown_item",
+            "interactions.rating_below_threshold",
+            "interactions.item_without_text",
+            "interactions.kcore",
+        ],
+        0,
+    )
     dropped.update(raw.dropped)
     pol, flt = cfg.policy, cfg.filter
     if flt.require_text and raw.items is None:
-        raise InputError(f"{raw.inter_file}: filter.require_text is true but the source has no items table with text; "
-                         "give an items table or set filter.require_text: false")
+        raise InputError(
+            f"{raw.inter_file}: filter.require_text is true but the source has no items table with text; "
+            "give an items table or set filter.require_text: false"
+        )
     dropped["interactions.missing_value"] += filters.drop_missing(raw, pol.bad_rows)
     if raw.items is not None:
         dropped["items.duplicate"] = filters.dedupe_items(raw, pol.duplicates)
@@ -65,7 +76,9 @@ def process(raw: Raw, cfg: PrepareConfig) -> tuple[pl.DataFrame, dict]:
     if flt.rating_threshold is not None:
         if "rating" not in raw.interactions.columns:
             raise InputError(f"{raw.inter_file}: filter.rating_threshold needs a rating column, the source has none")
-        raw.interactions, dropped["interactions.rating_below_threshold"] = filters.rating_threshold(raw.interactions, flt.rating_threshold)
+        raw.interactions, dropped["interactions.rating_below_threshold"] = filters.rating_threshold(
+            raw.interactions, flt.rating_threshold
+        )
     if flt.require_text:
         dropped["items.without_text"], dropped["interactions.item_without_text"] = filters.require_text(raw)
     raw.interactions, dropped["interactions.kcore"], rounds = filters.kcore(raw.interactions, flt.kcore)
@@ -77,8 +90,10 @@ def process(raw: Raw, cfg: PrepareConfig) -> tuple[pl.DataFrame, dict]:
     if raw.given_split:
         lost = {k: v for k, v in dropped.items() if k.startswith("interactions.") and v}
         if lost:
-            raise InputError(f"{raw.inter_file}: the filters would drop rows {lost} from a given split, which must be kept "
-                             "exactly; relax filter.* (e.g. filter.kcore=0) or fix the files")
+            raise InputError(
+                f"{raw.inter_file}: the filters would drop rows {lost} from a given split, which must be kept "
+                "exactly; relax filter.* (e.g. filter.kcore=0) or fix the files"
+            )
         split_info, split_dropped = {"rule": "given by the source files (leave-one-out)"}, {}
     else:
         inter, split_dropped, split_info = split(inter, cfg.split)
@@ -91,7 +106,9 @@ def _ids(originals: pl.Series, order: list | None, name: str) -> pl.DataFrame:
     """Contiguous IDs 1..N (0 = padding): in the source's own order when it has one, else sorted."""
     present = originals.unique()
     if order is not None:
-        table = pl.DataFrame({"original": order}).with_row_index("_o").filter(pl.col("original").is_in(present.implode()))
+        table = (
+            pl.DataFrame({"original": order}).with_row_index("_o").filter(pl.col("original").is_in(present.implode()))
+        )
         table = table.sort("_o").drop("_o")
     else:
         table = present.sort().to_frame("original")
@@ -103,18 +120,25 @@ def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> Pat
     items_ids = _ids(inter["item"], raw.item_order, "item")
     users_ids = _ids(inter["user"], raw.user_order, "user")
     interactions = (
-        inter.join(users_ids.rename({"original": "user_o"}), left_on="user", right_on="user_o", how="left", suffix="_id")
+        inter.join(
+            users_ids.rename({"original": "user_o"}), left_on="user", right_on="user_o", how="left", suffix="_id"
+        )
         .join(items_ids.rename({"original": "item_o"}), left_on="item", right_on="item_o", how="left", suffix="_id")
         .select(
-            pl.col("user_id").alias("user"), pl.col("item_id").alias("item"),
-            pl.col("timestamp").cast(pl.Int64), pl.col("position").cast(pl.Int32), pl.col("split").cast(pl.Utf8),
+            pl.col("user_id").alias("user"),
+            pl.col("item_id").alias("item"),
+            pl.col("timestamp").cast(pl.Int64),
+            pl.col("position").cast(pl.Int32),
+            pl.col("split").cast(pl.Utf8),
         )
         .sort(["user", "position"])
     )
     items = items_ids.select("item", pl.col("original").cast(pl.Utf8).alias("original_id"))
     if raw.items is not None:
         items = items_ids.join(raw.items, left_on="original", right_on="item", how="left").select(
-            "item", pl.col("original").cast(pl.Utf8).alias("original_id"), *raw.text_fields,
+            "item",
+            pl.col("original").cast(pl.Utf8).alias("original_id"),
+            *raw.text_fields,
             *([IMAGE_COLUMN] if raw.has_image else []),
         )
     users = users_ids.select("user", pl.col("original").cast(pl.Utf8).alias("original_id"))
@@ -151,7 +175,12 @@ def build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items
         "n_items": items.height,
         "n_interactions": interactions.height,
         "density": interactions.height / max(1, users.height * items.height),
-        "seq_len": {"min": min(lengths), "max": max(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths)},
+        "seq_len": {
+            "min": min(lengths),
+            "max": max(lengths),
+            "mean": statistics.fmean(lengths),
+            "median": statistics.median(lengths),
+        },
         "split": per_split,
         "split_users": {s: int(interactions.filter(pl.col("split") == s)["user"].n_unique()) for s in SPLITS},
         "dropped": dict(sorted(dropped.items())),
@@ -171,4 +200,6 @@ def _check_accounting(stats: dict) -> None:
     for kind, kept in (("interactions", stats["n_interactions"]), ("items", stats["n_items"])):
         lost = sum(v for k, v in stats["dropped"].items() if k.startswith(kind + "."))
         if stats["read"][kind] - lost != kept:
-            raise AssertionError(f"{kind}: read {stats['read'][kind]} - dropped {lost} != kept {kept}; a filter did not count its rows")
+            raise AssertionError(
+                f"{kind}: read {stats['read'][kind]} - dropped {lost} != kept {kept}; a filter did not count its rows"
+            )

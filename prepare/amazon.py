@@ -11,6 +11,7 @@
 in milliseconds. Reviews are read by polars (fast); only on a parse error are lines scanned in Python to
 name the bad line. Metadata is parsed line by line (the 2014 format is not JSON).
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,17 +27,29 @@ from pathlib import Path
 
 import polars as pl
 
-from kdsr.prepare.config import AmazonSource
-from kdsr.prepare.dataset import IMAGE_COLUMN
-from kdsr.prepare.readers import InputError, Raw, text_column
+from kdsr.dataset import IMAGE_COLUMN
+from prepare.config import AmazonSource
+from prepare.readers import InputError, Raw, text_column
 
 # version -> (base URL, reviews file pattern, meta file pattern); the pages that list categories:
 # 2014 https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html
 # 2018 https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/   2023 https://amazon-reviews-2023.github.io/
 URLS = {
-    "2014": ("https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/", "reviews_{}.json.gz", "meta_{}.json.gz"),
-    "2018": ("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/", "categoryFiles/{}.json.gz", "metaFiles2/meta_{}.json.gz"),
-    "2023": ("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/", "review_categories/{}.jsonl.gz", "meta_categories/meta_{}.jsonl.gz"),
+    "2014": (
+        "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
+        "reviews_{}.json.gz",
+        "meta_{}.json.gz",
+    ),
+    "2018": (
+        "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
+        "categoryFiles/{}.json.gz",
+        "metaFiles2/meta_{}.json.gz",
+    ),
+    "2023": (
+        "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/",
+        "review_categories/{}.jsonl.gz",
+        "meta_categories/meta_{}.jsonl.gz",
+    ),
 }
 # version -> JSON keys of (user, item, rating, timestamp) in the reviews, and the item key in the metadata.
 REVIEW_KEYS = {
@@ -75,7 +88,9 @@ def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = Non
         raise DownloadError("amazon.category is not set: pass --download CATEGORY")
     urls = official_urls(src.version, src.category)
     if base_url is not None:  # a mirror (and the tests' unreachable host)
-        urls = {k: base_url.rstrip("/") + "/" + urllib.parse.urlparse(u).path.rsplit("/", 1)[1] for k, u in urls.items()}
+        urls = {
+            k: base_url.rstrip("/") + "/" + urllib.parse.urlparse(u).path.rsplit("/", 1)[1] for k, u in urls.items()
+        }
     paths = local_paths(src.model_copy(update={"reviews": None, "meta": None}))
     _check_reachable(urls["reviews"], timeout)
     for kind, url in urls.items():
@@ -89,7 +104,9 @@ def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = Non
                 shutil.copyfileobj(resp, f, length=1 << 20)
         except Exception as e:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"cannot download {url}: {e} (is {src.category!r} a {src.version} category name?)") from None
+            raise DownloadError(
+                f"cannot download {url}: {e} (is {src.category!r} a {src.version} category name?)"
+            ) from None
         part.rename(dest)
     return paths
 
@@ -124,21 +141,34 @@ def read_amazon(src: AmazonSource, bad_rows: str = "error") -> Raw:
     schema = {user: pl.Utf8, item: pl.Utf8, rating: pl.Float64, ts: pl.Int64}
     reviews, skipped = read_json_lines(paths["reviews"], schema, bad_rows)
     inter = reviews.select(
-        pl.col(user).alias("user"), pl.col(item).alias("item"), pl.col(ts).alias("timestamp"),
-        pl.col(rating).alias("rating"), pl.int_range(pl.len(), dtype=pl.Int64).alias("record"),
+        pl.col(user).alias("user"),
+        pl.col(item).alias("item"),
+        pl.col(ts).alias("timestamp"),
+        pl.col(rating).alias("rating"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("record"),
     )
     raw = Raw(
-        inter, None, list(src.text_fields), {"format": f"amazon-{src.version}", **{k: str(v) for k, v in paths.items()}},
-        inter_file=str(paths["reviews"]), items_file=str(paths.get("meta")), line_offset=1,
-        read={"interactions": inter.height + skipped}, timestamp_unit="ms" if src.version == "2023" else "s",
+        inter,
+        None,
+        list(src.text_fields),
+        {"format": f"amazon-{src.version}", **{k: str(v) for k, v in paths.items()}},
+        inter_file=str(paths["reviews"]),
+        items_file=str(paths.get("meta")),
+        line_offset=1,
+        read={"interactions": inter.height + skipped},
+        timestamp_unit="ms" if src.version == "2023" else "s",
     )
     if skipped:
         raw.dropped["interactions.malformed_line"] = skipped
         raw.notes.append("record = index among the well-formed lines (malformed ones skipped)")
     if src.image_field and "meta" not in paths:
-        raise InputError(f"amazon.image_field {src.image_field!r} needs the metadata file: set amazon.meta or amazon.category")
+        raise InputError(
+            f"amazon.image_field {src.image_field!r} needs the metadata file: set amazon.meta or amazon.category"
+        )
     if "meta" in paths:
-        items, meta_skipped, meta_read = read_meta(paths["meta"], src.version, src.text_fields, bad_rows, src.image_field)
+        items, meta_skipped, meta_read = read_meta(
+            paths["meta"], src.version, src.text_fields, bad_rows, src.image_field
+        )
         raw.items, raw.has_image = items, src.image_field is not None
         raw.read["items"] = meta_read
         if meta_skipped:
@@ -151,7 +181,7 @@ def _lines(path: Path):
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             yield from enumerate(f, 1)
     except (OSError, EOFError) as e:
         raise InputError(f"{path}: cannot read: {e}") from None
@@ -179,13 +209,16 @@ def read_json_lines(path: Path, schema: dict, bad_rows: str) -> tuple[pl.DataFra
             raise InputError(f"{path}: cannot read JSON lines: {first_error}") from None
         if bad_rows == "error":
             n, e = bad[0]
-            raise InputError(f"{path} line {n}: malformed JSON ({e}); policy.bad_rows: skip counts such lines instead") from None
+            raise InputError(
+                f"{path} line {n}: malformed JSON ({e}); policy.bad_rows: skip counts such lines instead"
+            ) from None
         good.seek(0)
         return pl.read_ndjson(good, schema=schema), len(bad)
 
 
-def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str,
-              image_field: str | None = None) -> tuple[pl.DataFrame, int, int]:
+def read_meta(
+    path: Path, version: str, text_fields: list[str], bad_rows: str, image_field: str | None = None
+) -> tuple[pl.DataFrame, int, int]:
     """Item key + text fields [+ image URL] from a metadata file. Returns (items, malformed lines skipped, lines read)."""
     key = META_KEY[version]
     parse = _literal if version == "2014" else json.loads
@@ -204,7 +237,9 @@ def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str,
         except (ValueError, SyntaxError) as e:
             if bad_rows == "error":
                 what = "a Python dict literal" if version == "2014" else "JSON"
-                raise InputError(f"{path} line {n}: malformed metadata, not {what} ({e}); policy.bad_rows: skip counts such lines") from None
+                raise InputError(
+                    f"{path} line {n}: malformed metadata, not {what} ({e}); policy.bad_rows: skip counts such lines"
+                ) from None
             skipped += 1
             continue
         rows["item"].append(None if rec.get(key) is None else str(rec.get(key)))
@@ -215,7 +250,9 @@ def read_meta(path: Path, version: str, text_fields: list[str], bad_rows: str,
     df = pl.DataFrame(rows, schema={"item": pl.Utf8, **{f: pl.Utf8 for f in text_fields}})
     no_key = df.with_row_index("_r").filter(pl.col("item").is_null())
     if no_key.height:
-        raise InputError(f"{path}: {no_key.height} metadata records have no {key!r} (first at record {no_key['_r'][0]})")
+        raise InputError(
+            f"{path}: {no_key.height} metadata records have no {key!r} (first at record {no_key['_r'][0]})"
+        )
     image = [pl.Series(IMAGE_COLUMN, images, pl.Utf8)] if image_field else []
     return df.select("item", *[text_column(df, f) for f in text_fields], *image), skipped, read
 

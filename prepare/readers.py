@@ -4,6 +4,7 @@ Every reader returns a `Raw`: interactions with original IDs and the source row 
 optional items table with its text fields, and where it all came from, so later errors can name the
 file and row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kdsr.prepare.config import Columns, TableSource
-from kdsr.prepare.dataset import IMAGE_COLUMN
+from kdsr.dataset import IMAGE_COLUMN
+from prepare.config import Columns, TableSource
 
 
 class InputError(ValueError):
@@ -51,8 +52,15 @@ def read_table_source(src: TableSource) -> Raw:
     if src.items is not None:
         items = _read(src.items, src.format if src.format != "auto" else _format_of(src.items), src.separator)
     raw = from_frames(
-        inter, items, src.columns, src.text_fields, src.interactions, src.items,
-        items_item_column=src.items_item_column, line_offset=None if fmt == "parquet" else 2, image_field=src.image_field,
+        inter,
+        items,
+        src.columns,
+        src.text_fields,
+        src.interactions,
+        src.items,
+        items_item_column=src.items_item_column,
+        line_offset=None if fmt == "parquet" else 2,
+        image_field=src.image_field,
     )
     raw.source = {"format": fmt, "interactions": src.interactions, **({"items": src.items} if src.items else {})}
     return raw
@@ -60,7 +68,14 @@ def read_table_source(src: TableSource) -> Raw:
 
 def _format_of(path: str) -> str:
     suffix = Path(path.removesuffix(".gz")).suffix.lower()
-    formats = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".inter": "recbole", ".item": "recbole"}
+    formats = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".csv": "csv",
+        ".tsv": "csv",
+        ".inter": "recbole",
+        ".item": "recbole",
+    }
     if suffix not in formats:
         raise InputError(f"{path}: cannot tell the format from the suffix {suffix!r}; set format: parquet|csv|recbole")
     return formats[suffix]
@@ -121,12 +136,20 @@ def _check_numeric(df: pl.DataFrame, col: str, file: str, line_offset: int | Non
 def _require(df: pl.DataFrame, cols: list[str], file: str, what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise InputError(f"{file}: missing {what} column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (columns: {', '.join(df.columns)})")
+        raise InputError(
+            f"{file}: missing {what} column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (columns: {', '.join(df.columns)})"
+        )
 
 
 def from_frames(
-    inter: pl.DataFrame, items: pl.DataFrame | None, cols: Columns, text_fields: list[str],
-    inter_file: str, items_file: str | None, items_item_column: str | None = None, line_offset: int | None = 2,
+    inter: pl.DataFrame,
+    items: pl.DataFrame | None,
+    cols: Columns,
+    text_fields: list[str],
+    inter_file: str,
+    items_file: str | None,
+    items_item_column: str | None = None,
+    line_offset: int | None = 2,
     image_field: str | None = None,
 ) -> Raw:
     """Select and type the configured columns of already-loaded frames (shared by tables and datasets)."""
@@ -142,14 +165,28 @@ def from_frames(
     out = inter.select(
         pl.col(cols.user).alias("user"),
         pl.col(cols.item).alias("item"),
-        (pl.col(cols.timestamp).cast(pl.Float64) if _is_float(inter, cols.timestamp) else pl.col(cols.timestamp).cast(pl.Int64)).alias("timestamp")
-        if cols.timestamp else pl.col("record").alias("timestamp"),
+        (
+            pl.col(cols.timestamp).cast(pl.Float64)
+            if _is_float(inter, cols.timestamp)
+            else pl.col(cols.timestamp).cast(pl.Int64)
+        ).alias("timestamp")
+        if cols.timestamp
+        else pl.col("record").alias("timestamp"),
         *([pl.col(cols.rating).cast(pl.Float64).alias("rating")] if cols.rating else []),
         "record",
     )
     if cols.integer_ids:
         out = out.with_columns(pl.col("user").cast(pl.Int64), pl.col("item").cast(pl.Int64))
-    raw = Raw(out, None, list(text_fields), {}, inter_file, items_file, line_offset=line_offset, read={"interactions": inter.height})
+    raw = Raw(
+        out,
+        None,
+        list(text_fields),
+        {},
+        inter_file,
+        items_file,
+        line_offset=line_offset,
+        read={"interactions": inter.height},
+    )
     if not cols.timestamp:
         raw.notes.append("no timestamp column: the record order is used as the timestamp")
     if image_field and items is None:
@@ -173,7 +210,9 @@ def from_frames(
 
 
 def _is_float(df: pl.DataFrame, col: str | None) -> bool:
-    return col is not None and (df.schema[col].is_float() or df.schema[col] == pl.Utf8 and df[col].str.contains(r"[.eE]").any())
+    return col is not None and (
+        df.schema[col].is_float() or df.schema[col] == pl.Utf8 and df[col].str.contains(r"[.eE]").any()
+    )
 
 
 def text_column(df: pl.DataFrame, name: str) -> pl.Expr:

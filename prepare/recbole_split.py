@@ -6,14 +6,15 @@ We rebuild each user's full sequence as (oldest training history) + (training ta
 valid target + test target, then check that every history in all three files equals the last L items
 before its target in the rebuilt sequence. There are no timestamps: the position is the timestamp.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import polars as pl
 
-from kdsr.prepare.config import RecboleSplitSource
-from kdsr.prepare.readers import InputError, Raw, read_atomic
+from prepare.config import RecboleSplitSource
+from prepare.readers import InputError, Raw, read_atomic
 
 
 def read_recbole_split(src: RecboleSplitSource) -> Raw:
@@ -21,21 +22,30 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
     if not folder.is_dir():
         raise InputError(f"{folder}: recbole_split folder not found")
     name = src.name or _stem(folder)
-    files = {k: folder / f"{name}.{k}" for k in ("train.inter", "valid.inter", "test.inter", "text", "item2index", "user2index")}
+    files = {
+        k: folder / f"{name}.{k}"
+        for k in ("train.inter", "valid.inter", "test.inter", "text", "item2index", "user2index")
+    }
     for path in files.values():
         if not path.is_file():
-            raise InputError(f"{path}: file not found (recbole_split needs {', '.join(p.name for p in files.values())})")
+            raise InputError(
+                f"{path}: file not found (recbole_split needs {', '.join(p.name for p in files.values())})"
+            )
 
     item_index = _read_index(files["item2index"])
     user_index = _read_index(files["user2index"])
     text = _read_text(files["text"], src.text_field)
     items = item_index.join(text, left_on="original", right_on="item", how="left").sort("index")
 
-    train, valid, test = (_read_histories(files[f"{k}.inter"], len(item_index), len(user_index)) for k in ("train", "valid", "test"))
+    train, valid, test = (
+        _read_histories(files[f"{k}.inter"], len(item_index), len(user_index)) for k in ("train", "valid", "test")
+    )
     for df, path in ((valid, files["valid.inter"]), (test, files["test.inter"])):
         dup = df.filter(pl.col("user").is_duplicated())
         if dup.height:
-            raise InputError(f"{path} line {dup['line'][0]}: user {dup['user'][0]} has more than one row (expected one per user)")
+            raise InputError(
+                f"{path} line {dup['line'][0]}: user {dup['user'][0]} has more than one row (expected one per user)"
+            )
     if set(valid["user"]) != set(test["user"]):
         raise InputError(f"{files['valid.inter']} and {files['test.inter']} hold different users")
 
@@ -43,13 +53,23 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
     _verify(seqs, train, valid, test, files)
 
     inter = (
-        seqs.select("user", "seq").explode("seq").rename({"seq": "item"})
-        .with_columns(pl.int_range(pl.len()).over("user").cast(pl.Int64).alias("timestamp"), pl.len().over("user").alias("_n"))
+        seqs.select("user", "seq")
+        .explode("seq")
+        .rename({"seq": "item"})
         .with_columns(
-            pl.when(pl.col("timestamp") == pl.col("_n") - 1).then(pl.lit("test"))
-            .when(pl.col("timestamp") == pl.col("_n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")).alias("split")
+            pl.int_range(pl.len()).over("user").cast(pl.Int64).alias("timestamp"), pl.len().over("user").alias("_n")
         )
-        .drop("_n").with_row_index("record").with_columns(pl.col("record").cast(pl.Int64))
+        .with_columns(
+            pl.when(pl.col("timestamp") == pl.col("_n") - 1)
+            .then(pl.lit("test"))
+            .when(pl.col("timestamp") == pl.col("_n") - 2)
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+            .alias("split")
+        )
+        .drop("_n")
+        .with_row_index("record")
+        .with_columns(pl.col("record").cast(pl.Int64))
     )
     # Original IDs: the ASIN and the user string from the index files.
     inter = (
@@ -60,11 +80,17 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
     )
     item_text = items.select(pl.col("original").alias("item"), pl.col("text").alias(src.text_field))
     raw = Raw(
-        inter, item_text, [src.text_field],
+        inter,
+        item_text,
+        [src.text_field],
         {"format": "recbole_split", **{k: str(v) for k, v in files.items()}},
-        inter_file=str(files["train.inter"]), items_file=str(files["text"]), line_offset=None,
-        read={"interactions": inter.height, "items": item_text.height}, given_split=True,
-        item_order=items["original"].to_list(), user_order=user_index.sort("index")["original"].to_list(),
+        inter_file=str(files["train.inter"]),
+        items_file=str(files["text"]),
+        line_offset=None,
+        read={"interactions": inter.height, "items": item_text.height},
+        given_split=True,
+        item_order=items["original"].to_list(),
+        user_order=user_index.sort("index")["original"].to_list(),
         notes=[
             "split kept exactly as given by the train/valid/test files",
             "no timestamps in the source: timestamp = position in the user's rebuilt sequence",
@@ -88,7 +114,14 @@ def _stem(folder: Path) -> str:
 def _read_index(path: Path) -> pl.DataFrame:
     """`original<TAB>index` lines, indices 0..n-1 each once."""
     try:
-        df = pl.read_csv(path, separator="\t", has_header=False, new_columns=["original", "index"], infer_schema=False, quote_char=None)
+        df = pl.read_csv(
+            path,
+            separator="\t",
+            has_header=False,
+            new_columns=["original", "index"],
+            infer_schema=False,
+            quote_char=None,
+        )
     except Exception as e:
         raise InputError(f"{path}: cannot read: {e}") from None
     df = df.with_row_index("line", offset=1)
@@ -128,15 +161,27 @@ def _read_histories(path: Path, n_items: int, n_users: int) -> pl.DataFrame:
         pl.col("user_id").cast(pl.Int64, strict=False).alias("user"),
         pl.col("item_id_list").str.split(" ").list.eval(pl.element().cast(pl.Int64, strict=False)).alias("hist"),
         pl.col("item_id").cast(pl.Int64, strict=False).alias("target"),
-        pl.col("user_id").alias("_u"), pl.col("item_id_list").alias("_h"), pl.col("item_id").alias("_t"),
+        pl.col("user_id").alias("_u"),
+        pl.col("item_id_list").alias("_h"),
+        pl.col("item_id").alias("_t"),
     )
     checks = [
         (pl.col("user").is_null(), "user_id", "_u", "is not an integer index"),
         (pl.col("target").is_null(), "item_id", "_t", "is not an integer index"),
-        (pl.col("hist").list.eval(pl.element().is_null()).list.any() | pl.col("_h").is_null(), "item_id_list", "_h", "holds a value that is not an integer index"),
+        (
+            pl.col("hist").list.eval(pl.element().is_null()).list.any() | pl.col("_h").is_null(),
+            "item_id_list",
+            "_h",
+            "holds a value that is not an integer index",
+        ),
         (~pl.col("user").is_between(0, n_users - 1), "user_id", "_u", f"is outside the user index 0..{n_users - 1}"),
-        (~pl.col("target").is_between(0, n_items - 1) | ~pl.col("hist").list.eval(pl.element().is_between(0, n_items - 1)).list.all(),
-         "item_id", "_t", f"or its history is outside the item index 0..{n_items - 1}"),
+        (
+            ~pl.col("target").is_between(0, n_items - 1)
+            | ~pl.col("hist").list.eval(pl.element().is_between(0, n_items - 1)).list.all(),
+            "item_id",
+            "_t",
+            f"or its history is outside the item index 0..{n_items - 1}",
+        ),
     ]
     for cond, col, raw_col, what in checks:
         bad = df.filter(cond.fill_null(True))
@@ -158,9 +203,11 @@ def _rebuild(train: pl.DataFrame, valid: pl.DataFrame, test: pl.DataFrame) -> pl
         .join(per_user, on="user", how="left")
         .select(
             "user",
-            pl.when(pl.col("targets").is_null()).then(pl.col("valid_hist"))
+            pl.when(pl.col("targets").is_null())
+            .then(pl.col("valid_hist"))
             .otherwise(pl.col("first_hist").list.concat(pl.col("targets")))
-            .list.concat(pl.concat_list("valid_target", "test_target")).alias("seq"),
+            .list.concat(pl.concat_list("valid_target", "test_target"))
+            .alias("seq"),
         )
         .sort("user")
     )
@@ -170,11 +217,16 @@ def _verify(seqs: pl.DataFrame, train: pl.DataFrame, valid: pl.DataFrame, test: 
     """Every history in the files must equal the last L items before its target in the rebuilt sequence."""
     max_len = max(int(df["hist"].list.len().max() or 0) for df in (train, valid, test))
     seqs = seqs.with_columns(pl.col("seq").list.len().alias("n"))
-    first_len = train.sort("line", descending=True).group_by("user", maintain_order=True).agg(pl.col("hist").first().list.len().alias("k"))
+    first_len = (
+        train.sort("line", descending=True)
+        .group_by("user", maintain_order=True)
+        .agg(pl.col("hist").first().list.len().alias("k"))
+    )
     train_pos = (
         train.sort("line", descending=True)
         .with_columns(pl.int_range(pl.len()).over("user").alias("rank"))
-        .join(first_len, on="user").with_columns((pl.col("k") + pl.col("rank")).alias("pos"))
+        .join(first_len, on="user")
+        .with_columns((pl.col("k") + pl.col("rank")).alias("pos"))
     )
     cases = (
         (train_pos, files["train.inter"], pl.col("pos")),

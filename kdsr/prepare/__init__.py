@@ -1,1 +1,0 @@
-"""Data preparation: read the formats users have, filter, split, map IDs (see `dataset.py` for the output)."""
