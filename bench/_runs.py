@@ -33,7 +33,7 @@ def train(config: Path, overrides: list[str], log: Path) -> dict:
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "trainer.train", str(config), "progress=false", *overrides],
+            [sys.executable, "-m", "jobs.train", str(config), "progress=false", *overrides],
             cwd=REPO,
             env=env,
             stdout=f,

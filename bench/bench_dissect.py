@@ -74,17 +74,19 @@ def generate(path: str, rows: int, dim: int, seed: int = 0, block: int = 16384) 
     return {"seconds": time.perf_counter() - t, "peak_rss_gib": peak_rss_gib()}
 
 
-def run_dissect(features: str, output: str, overrides: list[str]) -> dict:
+def dissect_phase(features: str, output: str, overrides: list[str]) -> dict:
     from dissect.config import DissectConfig
-    from dissect.run import dissect
+    from dissect.run import run_dissect
     from feature_store.store import FeatureStore
     from kdsr.config import apply_overrides, validate_config
+    from kdsr.logs import setup_logging
 
+    setup_logging()  # progress on stderr; stdout carries the phase's JSON line
     cfg = validate_config(
         DissectConfig, apply_overrides({"features": features, "output": output}, overrides, DissectConfig)
     )
     t = time.perf_counter()
-    dissect(cfg, log=lambda m: print(f"  {m}", flush=True))
+    run_dissect(cfg)
     meta = FeatureStore.open(output).attrs["dissect"]
     return {
         "seconds": time.perf_counter() - t,
@@ -148,7 +150,7 @@ def main() -> int:
         if kind == "generate":
             res = generate(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "dissect":
-            res = run_dissect(rest[0], rest[1], rest[2:])
+            res = dissect_phase(rest[0], rest[1], rest[2:])
         else:
             res = time_teacher(rest[0], int(rest[1]))
         print(json.dumps(res))
@@ -180,49 +182,55 @@ def main() -> int:
     return 0
 
 
-def write_results(args, r: dict) -> None:
+def write_results(args, results: dict) -> None:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
         platform.processor(),
     )
-    db = r["dissect_big"]
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    big = results["dissect_big"]
     lines = [
         "# `kdsr dissect` scale benchmark",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({cpu}), {ram_gib:.0f} GiB RAM, "
         "shared with other work while it ran (load average noted below), by:",
         "",
         f"    python bench/bench_dissect.py --rows {args.rows} --dim {args.dim} --work {args.work}"
         + (f" --beauty-store {args.beauty_store}" if args.beauty_store else ""),
         "",
-        f"Load average at the end: {os.getloadavg()[0]:.1f} (1 min). Defaults: PCA to 128 dims fitted on 262,144 rows (whole chunks at random), "
-        "clustered facets (energy statistic, 100k items), F = 8, K = 50, 1M uniform pairs, MiniBatchKMeans n_init = 3.",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} (1 min). Defaults: PCA to 128 dims fitted on 262,144 "
+        "rows (whole chunks at random), clustered facets (energy statistic, 100k items), F = 8, K = 50, "
+        "1M uniform pairs, MiniBatchKMeans n_init = 3.",
         "",
         "| run | items x dims | wall | peak RSS | reduce fit | reduce write | facets | codebook |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    if "generate" in r:
-        g = r["generate"]
+    if "generate" in results:
+        gen = results["generate"]
         lines.append(
-            f"| write synthetic store (float16) | {args.rows:,} x {args.dim} | {g['seconds'] / 60:.1f} min | {g['peak_rss_gib']:.2f} GiB | | | | |"
+            f"| write synthetic store (float16) | {args.rows:,} x {args.dim} | {gen['seconds'] / 60:.1f} min "
+            f"| {gen['peak_rss_gib']:.2f} GiB | | | | |"
         )
     for key, label, shape in (
         ("dissect_big", "dissect", f"{args.rows:,} x {args.dim}"),
         ("dissect_beauty_4096", "dissect, Beauty size (synthetic)", "12,086 x 4096"),
         ("dissect_beauty_minilm", "dissect, Beauty MiniLM (real)", "12,086 x 384"),
     ):
-        if key in r:
-            x, t = r[key], r[key]["timings_s"]
+        if key in results:
+            run, phases = results[key], results[key]["timings_s"]
             lines.append(
-                f"| {label} | {shape} | {x['seconds'] / 60:.1f} min ({x['seconds']:.0f} s) | {x['peak_rss_gib']:.2f} GiB | {t['reduce_fit']:.0f} s | {t['reduce_write']:.0f} s | {t['facets']:.1f} s | {t['codebook']:.0f} s |"
+                f"| {label} | {shape} | {run['seconds'] / 60:.1f} min ({run['seconds']:.0f} s) "
+                f"| {run['peak_rss_gib']:.2f} GiB | {phases['reduce_fit']:.0f} s | {phases['reduce_write']:.0f} s "
+                f"| {phases['facets']:.1f} s | {phases['codebook']:.0f} s |"
             )
-    q = db["quality"]
+    goal_met = big["peak_rss_gib"] < 24 and big["seconds"] < 1800
     lines += [
         "",
-        f"Synthetic {args.rows:,} x {args.dim}: PCA explained variance {db['explained_variance']:.1%}; facet affinity within / across: "
-        + ", ".join(f"{k} {v['within']:.3f} / {v['across']:.3f}" for k, v in q.items())
+        f"Synthetic {args.rows:,} x {args.dim}: PCA explained variance {big['explained_variance']:.1%}; "
+        "facet affinity within / across: "
+        + ", ".join(f"{k} {v['within']:.3f} / {v['across']:.3f}" for k, v in big["quality"].items())
         + ".",
-        f"Goal (issue 4): under 24 GiB and 30 min on 2 cores -> {'met' if db['peak_rss_gib'] < 24 and db['seconds'] < 1800 else 'NOT met'}.",
+        f"Goal (issue 4): under 24 GiB and 30 min on 2 cores -> {'met' if goal_met else 'NOT met'}.",
         "",
         "## Teacher.targets per training step (B = 256, L = 50, d = 128, F = 8, K = 50, CPU)",
         "",
@@ -232,13 +240,15 @@ def write_results(args, r: dict) -> None:
         "| torch threads | full: ms (pairs) | padded: ms (pairs) |",
         "|---|---|---|",
     ]
-    for th, res in r["teacher_big"].items():
+    for threads, res in results["teacher_big"].items():
+        full, padded = res["full"], res["padded"]
         lines.append(
-            f"| {th} | {res['full']['ms_median']:.1f} ({res['full']['pairs']:,}) | {res['padded']['ms_median']:.1f} ({res['padded']['pairs']:,}) |"
+            f"| {threads} | {full['ms_median']:.1f} ({full['pairs']:,}) "
+            f"| {padded['ms_median']:.1f} ({padded['pairs']:,}) |"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(r, indent=1))
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
 
 

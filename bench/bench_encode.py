@@ -206,15 +206,15 @@ def main() -> None:
         ("transformers loop (fp32, batch 32, sorted)", hf, cosine(hf_emb, ref)),
         ("kdsr encode (Ray, whole job)", kd, cosine(kd_emb, ref)),
     ]
-    s = kd["summary"]
+    kd_summary = kd["summary"]
     import torch
 
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
     except (OSError, StopIteration):
         pass
@@ -228,18 +228,21 @@ def main() -> None:
         + (f" with `{' '.join('--set=' + o for o in args.set)}`" if args.set else "")
         + ".",
         "",
-        "| method | wall s (process) | s in process | items/s (wall) | speed-up vs ST | peak RSS GiB | min cosine to ST |",
+        "| method | wall s (process) | s in process | items/s (wall) | speed-up vs ST | peak RSS GiB "
+        "| min cosine to ST |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, r, cos in rows:
+    for name, res, cos in rows:
+        min_cos = "-" if cos is None else f"{cos.min():.5f}"
         lines.append(
-            f"| {name} | {r['wall_s']:.1f} | {r['seconds_in_process']:.1f} | {n / r['wall_s']:.0f} | "
-            f"{st['wall_s'] / r['wall_s']:.2f}x | {r['peak_rss_gib']:.2f} | {'-' if cos is None else f'{cos.min():.5f}'} |"
+            f"| {name} | {res['wall_s']:.1f} | {res['seconds_in_process']:.1f} | {n / res['wall_s']:.0f} | "
+            f"{st['wall_s'] / res['wall_s']:.2f}x | {res['peak_rss_gib']:.2f} | {min_cos} |"
         )
     lines += [
         "",
-        f"kdsr encode: plan `{s['plan']}`, start-up (Ray + actor + model load) {s['startup_s']:.1f} s, "
-        f"steady state {s['steady_items_per_s']:.0f} items/s, end to end {s['items_per_s']:.0f} items/s "
+        f"kdsr encode: plan `{kd_summary['plan']}`, start-up (Ray + actor + model load) "
+        f"{kd_summary['startup_s']:.1f} s, steady state {kd_summary['steady_items_per_s']:.0f} items/s, "
+        f"end to end {kd_summary['items_per_s']:.0f} items/s "
         f"(in-process, Ray start included); config {CONFIG.relative_to(REPO)}.",
     ]
     lines += gpu_section(args.llm)

@@ -5,7 +5,8 @@ async step's teacher targets computed in DataLoader workers, and in the step as 
         [--epochs 2] [--threads 2]
 
 Writes bench/results/train.md. Step time = epoch time / optimizer steps (training only, evaluation excluded);
-the overhead target is <= 15% for distillation over the fused model without it (DESIGN.md section 5).
+the overhead target is <= 15% for distillation over the fused model without it (docs/METHOD.md, "Performance
+targets").
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def main() -> None:
     lines = [
         "# Training benchmark: SASRec on Beauty (leave-one-out, MiniLM title features)",
         "",
-        f"Verified as of {time.strftime('%Y-%m-%d')} with `python bench/bench_train.py --epochs {args.epochs} --threads {args.threads}`",
+        f"Verified as of {time.strftime('%Y-%m-%d')} with "
+        f"`python bench/bench_train.py --epochs {args.epochs} --threads {args.threads}`",
         f"on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{args.threads} torch threads, 1 DataLoader worker; batch 256, hidden 128, 2 layers, max len 50, full-softmax CE.",
+        f"{args.threads} torch threads, 1 DataLoader worker; batch 256, hidden 128, 2 layers, max len 50, "
+        "full-softmax CE.",
         "Epoch time: the fastest of the epochs (training only); peak RSS: the trainer's main process (ru_maxrss).",
         "`teacher_in_workers` defaults to auto: where every core runs a torch thread (as here) that is the",
         "in-the-step row; with spare cores or a GPU, the workers row.",

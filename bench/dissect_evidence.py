@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dissect.config import DissectConfig  # noqa: E402
 from dissect.facets import chunk_facets, facet_quality  # noqa: E402
 from dissect.report import report  # noqa: E402
-from dissect.run import dissect  # noqa: E402
+from dissect.run import run_dissect  # noqa: E402
 from feature_store.store import FeatureStore  # noqa: E402
 from kdsr.dataset import PreparedDataset  # noqa: E402
+from kdsr.logs import setup_logging  # noqa: E402
 from kdsr.paths import REPO_ROOT, data_dir  # noqa: E402
 
 RUNS = {
@@ -60,6 +61,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/dissect-evidence")
     ap.add_argument("--out", default=str(REPO_ROOT / "bench/results/dissect_evidence"))
     args = ap.parse_args()
+    setup_logging()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -88,31 +90,35 @@ def main() -> int:
                 }
             )
             t = time.perf_counter()
-            path = dissect(cfg, log=lambda m: print(f"  {m}", flush=True))
+            path = run_dissect(cfg)["output"]
             secs = time.perf_counter() - t
             report(path, titles, out / f"{name}.{run}", name=f"{name} ({run})")
             store = FeatureStore.open(path)
             meta = store.attrs["dissect"]
             affinity = np.asarray(store.group["dim_affinity"][:], np.float64)
             d, F = affinity.shape[0], meta["facets"]["n_facets"]
-            cl = facet_quality(affinity, np.asarray(store.group["facets"][:]))
-            ch = facet_quality(affinity, chunk_facets(d, F))
+            clustered = facet_quality(affinity, np.asarray(store.group["facets"][:]))
+            chunks = facet_quality(affinity, chunk_facets(d, F))
             sizes = np.asarray(meta["codebook"]["cluster_sizes"])
             rows.append(
-                f"| {name} | {run} | {d} | {meta['facets']['statistic']} | {cl['within']:.4f} / {cl['across']:.4f} | "
-                f"{ch['within']:.4f} / {ch['across']:.4f} | {cl['within'] / ch['within']:.2f} | "
-                f"{sizes.max() / sizes.sum():.3f} / {sizes.min() / sizes.sum():.3f} | {secs:.0f} s | [report]({name}.{run}/report.md) |"
+                f"| {name} | {run} | {d} | {meta['facets']['statistic']} "
+                f"| {clustered['within']:.4f} / {clustered['across']:.4f} "
+                f"| {chunks['within']:.4f} / {chunks['across']:.4f} | {clustered['within'] / chunks['within']:.2f} "
+                f"| {sizes.max() / sizes.sum():.3f} / {sizes.min() / sizes.sum():.3f} | {secs:.0f} s "
+                f"| [report]({name}.{run}/report.md) |"
             )
             print(rows[-1], flush=True)
     head = [
         "# Dissection evidence on real features",
         "",
-        f"Generated {time.strftime('%Y-%m-%d')} by `python bench/dissect_evidence.py` (2 shared CPU cores). F = 8 facets, "
-        "K = 50 codes, 1M uniform pairs (+1M co-occurring pairs where a prepared dataset is given), seed 0.",
+        f"Generated {time.strftime('%Y-%m-%d')} by `python bench/dissect_evidence.py` (2 shared CPU cores). "
+        "F = 8 facets, K = 50 codes, 1M uniform pairs (+1M co-occurring pairs where a prepared dataset is given), "
+        "seed 0.",
         "Within / across = mean affinity of pairs of distinct dims inside one facet / in different facets "
         "(`energy`: |corr(z_a^2, z_b^2)|, `pearson`: |corr(x_a, x_b)|). Codes: share of the largest / smallest type.",
         "",
-        "| features | run | d | statistic | clustered within / across | chunks within / across | clustered / chunks (within) | codes max / min | time | |",
+        "| features | run | d | statistic | clustered within / across | chunks within / across "
+        "| clustered / chunks (within) | codes max / min | time | |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     (out / "README.md").write_text("\n".join(head + rows) + "\n")

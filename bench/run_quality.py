@@ -141,7 +141,8 @@ def write_table(work: Path) -> None:
         f"Budget = max epochs / patience. Threads per run (OMP_NUM_THREADS): "
         f"{', '.join(map(str, sorted({m['threads'] for ms in runs.values() for m in ms})))}; CPU only.",
         "",
-        "| config | seeds | test NDCG@10 | test Recall@10 | valid NDCG@10 | selected epochs | budget | s / epoch | peak RSS GiB |",
+        "| config | seeds | test NDCG@10 | test Recall@10 | valid NDCG@10 | selected epochs | budget | s / epoch "
+        "| peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     order = BEAUTY + SCIENTIFIC
@@ -149,16 +150,19 @@ def write_table(work: Path) -> None:
     for name in names:
         ms = runs[name]
         secs = [statistics.mean(h["seconds"] for h in m["valid_history"]) for m in ms]
+        peak_gib = max(m["timing"]["peak_rss_mib"] for m in ms) / 1024
         lines.append(
-            f"| {name} | {len(ms)} | {fmt([m['test']['ndcg@10'] for m in ms])} | {fmt([m['test']['hr@10'] for m in ms])} | "
+            f"| {name} | {len(ms)} | {fmt([m['test']['ndcg@10'] for m in ms])} | "
+            f"{fmt([m['test']['hr@10'] for m in ms])} | "
             f"{fmt([m['best_valid_ndcg@10'] for m in ms])} | {', '.join(str(m['selected_epoch']) for m in ms)} | "
-            f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {max(m['timing']['peak_rss_mib'] for m in ms) / 1024:.2f} |"
+            f"{ms[0]['budget']} | {statistics.mean(secs):.1f} | {peak_gib:.2f} |"
         )
     lines += [
         "",
         "What the trained modality tables kept of the encoder (first seed of each run with features; "
         "`trainer/retention.py`): mean cos(V_i, X_i) of each item's trained row with its stored feature, and the "
-        "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. 1.0 = nothing forgotten. "
+        "Pearson r of item-pair cosines cos(V_i, V_j) vs cos(X_i, X_j) over 200k random pairs. "
+        "1.0 = nothing forgotten. "
         "kNN: validation NDCG@10 of ranking items by cosine to the user's last item in the table alone (history "
         "excluded), for the stored features X and the trained V: how much next-item signal the table holds.",
         "",

@@ -12,11 +12,12 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from feature_store.teacher import facet_units, nearest_centroid
+from kdsr.errors import KdsrError
 
 from .config import CodebookConfig
 
 
-class CodebookError(ValueError):
+class CodebookError(KdsrError, ValueError):
     """More codes than sampled pairs, or no pairs at all."""
 
 
@@ -92,21 +93,21 @@ def fit_codebook(sims: np.ndarray, cfg: CodebookConfig, seed: int) -> tuple[np.n
     from sklearn.cluster import MiniBatchKMeans  # here, not at the top: the trainer's teacher imports this module
 
     with threadpool_limits(1):
-        km = MiniBatchKMeans(
+        kmeans = MiniBatchKMeans(
             n_clusters=cfg.n_codes,
             batch_size=cfg.batch_size,
             n_init=cfg.n_init,
             max_iter=cfg.max_iter,
             random_state=seed,
         ).fit(sims)
-    sizes = np.bincount(km.labels_, minlength=cfg.n_codes)
+    sizes = np.bincount(kmeans.labels_, minlength=cfg.n_codes)
     order = np.argsort(-sizes, kind="stable")
-    centroids = km.cluster_centers_[order].astype(np.float32)
+    centroids = kmeans.cluster_centers_[order].astype(np.float32)
     return centroids, {
-        "inertia": float(km.inertia_),
-        "inertia_per_pair": float(km.inertia_ / n),
+        "inertia": float(kmeans.inertia_),
+        "inertia_per_pair": float(kmeans.inertia_ / n),
         "cluster_sizes": [int(s) for s in sizes[order]],
-        "n_iter": int(km.n_iter_),
+        "n_iter": int(kmeans.n_iter_),
     }
 
 

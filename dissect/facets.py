@@ -15,8 +15,10 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
+from kdsr.errors import KdsrError
 
-class FacetError(ValueError):
+
+class FacetError(KdsrError, ValueError):
     """F incompatible with d (more facets than dims, or d not divisible in chunks mode)."""
 
 
@@ -31,7 +33,7 @@ def dimension_affinity(x: np.ndarray, statistic: str = "energy") -> np.ndarray:
     if statistic == "energy":
         z = z * z
     elif statistic != "pearson":
-        raise ValueError(f"unknown facet statistic {statistic!r} (pearson | energy)")
+        raise FacetError(f"unknown facet statistic {statistic!r} (pearson | energy)")
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.corrcoef(z, rowvar=False)
     c = np.abs(np.nan_to_num(c, nan=0.0))  # a constant dim correlates with nothing
@@ -40,6 +42,7 @@ def dimension_affinity(x: np.ndarray, statistic: str = "energy") -> np.ndarray:
 
 
 def facet_sizes(d: int, n_facets: int) -> np.ndarray:
+    """Balanced facet sizes: floor(d/F) or ceil(d/F) dims each (the first d % F facets take one more)."""
     if n_facets > d:
         raise FacetError(f"facets.n_facets={n_facets} is larger than the feature dim {d}: at most {d} facets")
     return np.array([d // n_facets + (f < d % n_facets) for f in range(n_facets)])
@@ -47,8 +50,7 @@ def facet_sizes(d: int, n_facets: int) -> np.ndarray:
 
 def chunk_facets(d: int, n_facets: int) -> np.ndarray:
     """The paper's split: facet f = dims [f * d/F, (f + 1) * d/F)."""
-    if n_facets > d:
-        raise FacetError(f"facets.n_facets={n_facets} is larger than the feature dim {d}: at most {d} facets")
+    facet_sizes(d, n_facets)  # F <= d, with a clear error
     if d % n_facets:
         raise FacetError(
             f"facets.mode=chunks needs the feature dim to be divisible by n_facets: {d} % {n_facets} = "
@@ -131,6 +133,6 @@ def assign_facets(
         facets = chunk_facets(d, n_facets)
         return facets, dimension_affinity(x, statistic)
     if mode != "clustered":
-        raise ValueError(f"unknown facet mode {mode!r} (clustered | chunks)")
+        raise FacetError(f"unknown facet mode {mode!r} (clustered | chunks)")
     affinity = dimension_affinity(x, statistic)
     return clustered_facets(affinity, n_facets, seed), affinity

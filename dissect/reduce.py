@@ -7,7 +7,8 @@ Rows that are masked or all-zero are left out of the fit and written as masked z
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +19,7 @@ from feature_store.teacher import usable_rows
 
 from .config import ReduceConfig
 
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,56 +74,29 @@ def fit_blocks(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, rng: np
 def _blocks(
     store: FeatureStore, starts: list[int], step: int, mask: np.ndarray
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start row, block, usable rows of the block) for each start, read one block at a time."""
     for start in starts:
         block = np.asarray(store.embeddings[start : start + step])
         yield start, block, usable_rows(block, mask[start : start + step])
 
 
-def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
-    """Exact PCA of the fit rows: covariance accumulated block by block in float64, then eigh (D x D).
-
-    Each block is shifted by the first block's mean before the float32 matmul, so a large common offset
-    (LLM hidden states have one) does not cancel catastrophically."""
+def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int) -> Reduction:
+    """Exact PCA of the fit rows: covariance accumulated block by block in float64, then eigh (D x D)."""
     rng = np.random.default_rng(seed)
     step, _ = block_starts(store, cfg.block_rows)
     starts = fit_blocks(store, mask, cfg, rng)
     D = store.dim
     if cfg.dim > D:
         raise StoreError(f"{store.path}: cannot reduce {D}-d features to reduce.dim={cfg.dim} > {D}")
-    gram = torch.zeros(D, D, dtype=torch.float64)
-    total = torch.zeros(D, dtype=torch.float64)
-    shift, n = None, 0
-    for i, (start, block, ok) in enumerate(_blocks(store, starts, step, mask)):
-        x = torch.from_numpy(block[ok].astype(np.float32))
-        if x.shape[0] == 0:
-            continue
-        if shift is None:
-            shift = x.mean(0)
-        x = x - shift
-        gram += (x.T @ x).double()
-        total += x.sum(0).double()
-        n += x.shape[0]
-        log(f"  pca fit: block {i + 1}/{len(starts)} ({n:,} rows)")
+    cov, mean, n = _covariance(store, starts, step, mask)
     if n <= cfg.dim:
         raise StoreError(f"{store.path}: PCA to {cfg.dim} dims needs more than {cfg.dim} valid rows, found {n}")
-    m = total / n
-    cov = gram / n - torch.outer(m, m)
-    if D <= 1024:
-        evals, evecs = torch.linalg.eigh(cov)  # ascending
-        evals, evecs = evals.flip(0)[: cfg.dim].clamp_min(0), evecs.flip(1)[:, : cfg.dim]
-    else:  # a full eigh of 4096 x 4096 takes minutes on 2 cores; the top d by randomized power iteration take seconds
-        from sklearn.utils.extmath import randomized_svd  # here: the trainer's teacher imports this module
-
-        vecs, vals, _ = randomized_svd(cov.numpy(), cfg.dim, n_oversamples=64, n_iter=8, random_state=seed)
-        evals, evecs = torch.from_numpy(vals).clamp_min(0), torch.from_numpy(vecs)
-    # sign convention: the largest-magnitude entry of each component is positive (deterministic output)
-    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
-    evecs = evecs * signs
+    evals, evecs = _top_components(cov, cfg.dim, seed)
     ratio = (evals / torch.trace(cov)).numpy()
     return Reduction(
         method="pca",
         dim=cfg.dim,
-        mean=(m + shift.double()).float().numpy(),
+        mean=mean.float().numpy(),
         weight=evecs.float().numpy(),
         attrs={
             "method": "pca",
@@ -138,9 +108,50 @@ def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int,
     )
 
 
-def fit_autoencoder(
-    store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet
-) -> Reduction:
+def _covariance(
+    store: FeatureStore, starts: list[int], step: int, mask: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(covariance [D, D] float64, mean [D] float64, rows) of the usable rows of the given blocks.
+
+    Each block is shifted by the first block's mean before the float32 matmul, so a large common offset
+    (LLM hidden states have one) does not cancel catastrophically."""
+    D = store.dim
+    gram = torch.zeros(D, D, dtype=torch.float64)
+    total = torch.zeros(D, dtype=torch.float64)
+    shift, n = None, 0
+    for i, (_, block, ok) in enumerate(_blocks(store, starts, step, mask)):
+        x = torch.from_numpy(block[ok].astype(np.float32))
+        if x.shape[0] == 0:
+            continue
+        if shift is None:
+            shift = x.mean(0)
+        x = x - shift
+        gram += (x.T @ x).double()
+        total += x.sum(0).double()
+        n += x.shape[0]
+        log.info("pca fit: block %d/%d (%s rows)", i + 1, len(starts), f"{n:,}")
+    if n == 0:
+        return gram, total, 0
+    shifted_mean = total / n
+    return gram / n - torch.outer(shifted_mean, shifted_mean), shifted_mean + shift.double(), n
+
+
+def _top_components(cov: torch.Tensor, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues [dim], eigenvectors [D, dim]) of the largest `dim` components, signs made deterministic."""
+    if cov.shape[0] <= 1024:
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        evals, evecs = evals.flip(0)[:dim].clamp_min(0), evecs.flip(1)[:, :dim]
+    else:  # a full eigh of 4096 x 4096 takes minutes on 2 cores; the top d by randomized power iteration take seconds
+        from sklearn.utils.extmath import randomized_svd  # here: the trainer's teacher imports this module
+
+        vecs, vals, _ = randomized_svd(cov.numpy(), dim, n_oversamples=64, n_iter=8, random_state=seed)
+        evals, evecs = torch.from_numpy(vals).clamp_min(0), torch.from_numpy(vecs)
+    # sign convention: the largest-magnitude entry of each component is positive (deterministic output)
+    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+    return evals, evecs * signs
+
+
+def fit_autoencoder(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int) -> Reduction:
     """The paper's one-layer autoencoder: z = sigmoid(W x + b), x' = W' z + b', MSE, Adam, seeded.
 
     Inputs are standardised per dim (mean and std of the fit rows, one streamed pass), so the sigmoid is
@@ -148,6 +159,32 @@ def fit_autoencoder(
     rng = np.random.default_rng(seed)
     step, _ = block_starts(store, cfg.block_rows)
     starts = fit_blocks(store, mask, cfg, rng)
+    mean, std, n = _standardisation(store, starts, step, mask)
+    if n < 2:
+        raise StoreError(f"{store.path}: the autoencoder needs at least 2 valid rows, found {n}")
+    encoder, training = _train_autoencoder(store, starts, step, mask, mean, std, cfg, seed, rng)
+    return Reduction(
+        method="autoencoder",
+        dim=cfg.dim,
+        mean=mean.astype(np.float32),
+        scale=std.astype(np.float32),
+        weight=encoder.weight.detach().T.contiguous().numpy(),
+        bias=encoder.bias.detach().numpy(),
+        attrs={
+            "method": "autoencoder",
+            "dim": cfg.dim,
+            "fit_rows": n,
+            **training,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+        },
+    )
+
+
+def _standardisation(
+    store: FeatureStore, starts: list[int], step: int, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean [D], std [D] + 1e-6, rows) of the usable rows of the given blocks, in float64."""
     D = store.dim
     s1, s2, n = np.zeros(D), np.zeros(D), 0
     for _, block, ok in _blocks(store, starts, step, mask):
@@ -155,23 +192,33 @@ def fit_autoencoder(
         s1 += x.sum(0)
         s2 += (x * x).sum(0)
         n += x.shape[0]
-    if n < 2:
-        raise StoreError(f"{store.path}: the autoencoder needs at least 2 valid rows, found {n}")
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + 1e-6
-    mean_t, std_t = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+    mean = s1 / max(n, 1)
+    return mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0)) + 1e-6, n
 
+
+def _train_autoencoder(
+    store: FeatureStore,
+    starts: list[int],
+    step: int,
+    mask: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    cfg: ReduceConfig,
+    seed: int,
+    rng: np.random.Generator,
+) -> tuple[torch.nn.Linear, dict]:
+    """Adam on the standardised fit blocks (shuffled each epoch); returns the encoder and what training did.
+    Small catalogs repeat epochs until `min_steps` steps, so the fit does not stop half-trained."""
+    mean_t, std_t = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
     torch.manual_seed(seed)
-    enc, dec = torch.nn.Linear(D, cfg.dim), torch.nn.Linear(cfg.dim, D)
+    enc, dec = torch.nn.Linear(store.dim, cfg.dim), torch.nn.Linear(cfg.dim, store.dim)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     loss_sum, seen, steps, epoch = 0.0, 0, 0, 0
-    while epoch < cfg.epochs or steps < cfg.min_steps:  # small catalogs: repeat epochs up to min_steps
+    while epoch < cfg.epochs or steps < cfg.min_steps:
         epoch += 1
         loss_sum, seen = 0.0, 0
-        for start in [starts[i] for i in rng.permutation(len(starts))]:
-            block = np.asarray(store.embeddings[start : start + step])
-            ok = usable_rows(block, mask[start : start + step])
+        for _, block, ok in _blocks(store, [starts[i] for i in rng.permutation(len(starts))], step, mask):
             x = (torch.from_numpy(block[ok].astype(np.float32)) - mean_t) / std_t
             for idx in torch.randperm(x.shape[0], generator=gen).split(cfg.batch_size):
                 xb = x[idx]
@@ -182,38 +229,22 @@ def fit_autoencoder(
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 steps += 1
-        log(f"  autoencoder epoch {epoch} ({steps} steps): mse {loss_sum / seen:.4f} (standardised inputs)")
-    return Reduction(
-        method="autoencoder",
-        dim=cfg.dim,
-        mean=mean.astype(np.float32),
-        scale=std.astype(np.float32),
-        weight=enc.weight.detach().T.contiguous().numpy(),
-        bias=enc.bias.detach().numpy(),
-        attrs={
-            "method": "autoencoder",
-            "dim": cfg.dim,
-            "fit_rows": n,
-            "epochs": epoch,
-            "steps": steps,
-            "lr": cfg.lr,
-            "batch_size": cfg.batch_size,
-            "final_mse_standardised": loss_sum / max(seen, 1),
-        },
-    )
+        log.info("autoencoder epoch %d (%d steps): mse %.4f (standardised inputs)", epoch, steps, loss_sum / seen)
+    return enc, {"epochs": epoch, "steps": steps, "final_mse_standardised": loss_sum / max(seen, 1)}
 
 
-def fit_reduction(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int, log: Log = _quiet) -> Reduction:
+def fit_reduction(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int) -> Reduction:
+    """The configured map from raw rows to reduced rows (`none` keeps the input dims as float32)."""
     if cfg.method == "none":
         return Reduction(method="none", dim=store.dim, attrs={"method": "none", "dim": store.dim})
     if cfg.dim > store.dim:
         raise StoreError(f"{store.path}: cannot reduce {store.dim}-d features to reduce.dim={cfg.dim}")
     if cfg.method == "pca":
-        return fit_pca(store, mask, cfg, seed, log)
-    return fit_autoencoder(store, mask, cfg, seed, log)
+        return fit_pca(store, mask, cfg, seed)
+    return fit_autoencoder(store, mask, cfg, seed)
 
 
-def write_reduced(src: FeatureStore, dst: FeatureStore, red: Reduction, block_rows: int, log: Log = _quiet) -> dict:
+def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, block_rows: int) -> dict:
     """Project every row of `src` into `dst`, shard by shard. Returns counts of what was masked and why."""
     mask = src.mask()
     step, starts = block_starts(src, block_rows)
@@ -232,7 +263,7 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, red: Reduction, block_ro
         errs[zero] = "all-zero feature row"
         out = np.zeros((len(block), dst.dim), np.float32)
         if ok.any():
-            out[ok] = red.transform(block[ok])
+            out[ok] = reduction.transform(block[ok])
         for shard in range(start // dst.shard_size, -(-(start + len(block)) // dst.shard_size)):
             a, b = dst.shard_rows(shard)
             dst.write_shard(
@@ -242,5 +273,5 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, red: Reduction, block_ro
                 errors=list(errs[a - start : b - start]),
             )
         if (i + 1) % 10 == 0 or i + 1 == len(starts):
-            log(f"  reduce: {min(start + step, src.n_items):,}/{src.n_items:,} rows written")
+            log.info("reduce: %s/%s rows written", f"{min(start + step, src.n_items):,}", f"{src.n_items:,}")
     return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows}

@@ -1,4 +1,4 @@
-"""`dissect(cfg)`: features store -> dissection store (reduced features + facets + correlation-type codebook).
+"""`run_dissect(cfg)`: features store -> dissection store (reduced features + facets + correlation-type codebook).
 
 The output is itself a FeatureStore (same item_ids and mask, embeddings = reduced float32 features), so the
 trainer reads one store, plus `facets` [d], `centroids` [K, F], `dim_affinity` [d, d] and provenance in
@@ -7,8 +7,11 @@ attrs["dissect"]. Only the reduced N x d matrix is held in memory (512 MB at 1M 
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +24,26 @@ from kdsr.dataset import PreparedDataset
 from .codebook import CodebookError, assign_codes, cooccur_pairs, facet_similarity, fit_codebook, uniform_pairs
 from .config import DissectConfig
 from .facets import assign_facets, chunk_facets, facet_quality, facet_sizes
-from .reduce import fit_reduction, write_reduced
+from .reduce import Reduction, fit_reduction, write_reduced
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
-def default_output(features: str) -> str:
-    return DissectConfig(features=features).resolved_output()
+@dataclass
+class FacetResult:
+    facets: np.ndarray  # [d] facet of every dim
+    affinity: np.ndarray  # [d, d] the dimension affinity the facets were cut from
+    quality: dict  # mode -> {"within", "across"}
+    sample_items: int
+
+
+@dataclass
+class CodebookResult:
+    centroids: np.ndarray  # [K, F]
+    pairs: dict[str, np.ndarray]  # source ("random", "cooccur") -> [P, 2] store rows
+    dropped: dict[str, int]  # co-occurring pairs left out, by reason
+    codes_by_source: dict[str, list[int]]  # source -> pairs per code
+    fit_info: dict  # fit_codebook's inertia, cluster sizes, iterations
 
 
 def train_sequences(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +54,53 @@ def train_sequences(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
     return offsets, df["item"].to_numpy().astype(np.int64) - 1
 
 
-def dissect(cfg: DissectConfig, log: Log = print) -> Path:
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Record the wall time of one phase into `timings` (written to the store's provenance)."""
+    start = time.perf_counter()
+    yield
+    timings[phase] = time.perf_counter() - start
+
+
+def run_dissect(cfg: DissectConfig) -> dict:
+    """Reduce, cut facets, fit the codebook and write the dissection store; returns the run summary."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    src, ds = open_inputs(cfg)
+    out = cfg.resolved_output()
+    check_before_work(cfg, src, out)
+    log.info("dissect %s: %s items x %d dims -> %s", cfg.features, f"{src.n_items:,}", src.dim, out)
+
+    with timed(timings, "reduce_fit"):
+        reduction = fit_reduction(src, src.mask(), cfg.reduce, cfg.seed)
+    dst = create_output(cfg, src, out, reduction.dim)
+    with timed(timings, "reduce_write"):
+        counts = write_reduced(src, dst, reduction, cfg.reduce.block_rows)
+    x, usable = dst.read_all("float32"), dst.mask()
+    rows = np.flatnonzero(usable)
+    log.info(
+        "reduced to %d dims (%s); %s usable rows, %d masked, %d all-zero",
+        reduction.dim,
+        reduction.method,
+        f"{len(rows):,}",
+        counts["masked_rows"],
+        counts["zero_rows"],
+    )
+    if len(rows) < 2:
+        raise StoreError(f"{cfg.features}: need at least 2 usable items, found {len(rows)}")
+    rng = np.random.default_rng(cfg.seed)
+    with timed(timings, "facets"):
+        facets = cut_facets(x, rows, cfg, rng)
+    with timed(timings, "codebook"):
+        codebook = fit_correlation_types(x, usable, rows, facets.facets, ds, cfg, rng)
+    write_dissection_arrays(dst, facets, codebook)
+    timings["total"] = time.perf_counter() - t0
+    dst.update_attrs(dissect=provenance(cfg, src, reduction, counts, facets, codebook, timings))
+    return summarise(cfg, out, src, reduction, len(rows), codebook, timings["total"])
+
+
+def open_inputs(cfg: DissectConfig) -> tuple[FeatureStore, PreparedDataset | None]:
+    """The finished input store and, when configured, the prepared dataset whose item order it must follow."""
     src = FeatureStore.open(cfg.features)
     if not src.is_complete():
         raise StoreError(
@@ -50,136 +110,202 @@ def dissect(cfg: DissectConfig, log: Log = print) -> Path:
     if cfg.dataset:
         ds = PreparedDataset.open(cfg.dataset)
         src.check_items(ds.item_original_ids(), source=f"dataset {cfg.dataset}")
-    out = cfg.resolved_output()
+    return src, ds
+
+
+def check_before_work(cfg: DissectConfig, src: FeatureStore, out: str) -> None:
+    """Refuse an output, memory budget, F or K that cannot work before any long pass over the store."""
     if Path(out).resolve() == Path(cfg.features).resolve():
         raise StoreError(f"{out}: the dissection output must not be the input store")
     if Path(out).exists() and not cfg.overwrite:
         raise StoreError(f"{out}: already exists; set overwrite=true to replace it")
-    N, D, d = src.n_items, src.dim, (src.dim if cfg.reduce.method == "none" else cfg.reduce.dim)
-    need_gb = N * d * 4 / 2**30
+    n_items, dim = src.n_items, (src.dim if cfg.reduce.method == "none" else cfg.reduce.dim)
+    need_gb = n_items * dim * 4 / 2**30
     if need_gb > cfg.max_memory_gb:
         raise StoreError(
-            f"{cfg.features}: {N:,} x {d} reduced features need {need_gb:.1f} GiB > max_memory_gb={cfg.max_memory_gb}; reduce to fewer dims"
+            f"{cfg.features}: {n_items:,} x {dim} reduced features need {need_gb:.1f} GiB > "
+            f"max_memory_gb={cfg.max_memory_gb}; reduce to fewer dims"
         )
-    # fail fast on F / d before any long pass
-    facet_sizes(d, cfg.facets.n_facets)
+    facet_sizes(dim, cfg.facets.n_facets)
     max_pairs = cfg.codebook.random_pairs + (cfg.codebook.cooccur_pairs if cfg.dataset else 0)
     if cfg.codebook.n_codes > max_pairs:
         raise CodebookError(
-            f"codebook.n_codes={cfg.codebook.n_codes} is larger than the {max_pairs} pairs to sample; sample more pairs or use fewer codes"
+            f"codebook.n_codes={cfg.codebook.n_codes} is larger than the {max_pairs} pairs to sample; "
+            "sample more pairs or use fewer codes"
         )
     if cfg.facets.mode == "chunks":
-        chunk_facets(d, cfg.facets.n_facets)
-    log(f"dissect {cfg.features}: {N:,} items x {D} dims -> {out}")
+        chunk_facets(dim, cfg.facets.n_facets)
 
-    mask = src.mask()
-    t = time.perf_counter()
-    red = fit_reduction(src, mask, cfg.reduce, cfg.seed, log)
-    timings["reduce_fit"] = time.perf_counter() - t
-    dst = FeatureStore.create(
+
+def create_output(cfg: DissectConfig, src: FeatureStore, out: str, dim: int) -> FeatureStore:
+    """The output store: the input's items and shard size, float32 rows of the reduced width."""
+    return FeatureStore.create(
         out,
         src.item_ids(),
-        red.dim,
+        dim,
         dtype="float32",
         shard_size=src.shard_size,
         overwrite=cfg.overwrite,
         attrs={"source_store": str(cfg.features), "source_fingerprint": src.attrs.get("item_fingerprint")},
     )
-    t = time.perf_counter()
-    counts = write_reduced(src, dst, red, cfg.reduce.block_rows, log)
-    timings["reduce_write"] = time.perf_counter() - t
 
-    x = dst.read_all("float32")
-    usable = dst.mask()
-    rows = np.flatnonzero(usable)
-    log(
-        f"reduced to {red.dim} dims ({red.method}); {len(rows):,} usable rows, {counts['masked_rows']} masked, {counts['zero_rows']} all-zero"
+
+def cut_facets(x: np.ndarray, rows: np.ndarray, cfg: DissectConfig, rng: np.random.Generator) -> FacetResult:
+    """Facets from the dimension affinity of a sample of usable items; chunks' quality beside for comparison."""
+    facet_cfg = cfg.facets
+    sample = np.sort(rng.choice(rows, size=min(facet_cfg.sample_items, len(rows)), replace=False))
+    facets, affinity = assign_facets(x[sample], facet_cfg.mode, facet_cfg.n_facets, facet_cfg.statistic, cfg.seed)
+    quality = {facet_cfg.mode: facet_quality(affinity, facets)}
+    dim = x.shape[1]
+    if facet_cfg.mode != "chunks" and dim % facet_cfg.n_facets == 0:
+        quality["chunks"] = facet_quality(affinity, chunk_facets(dim, facet_cfg.n_facets))
+    mine = quality[facet_cfg.mode]
+    log.info(
+        "facets (%s, %s): sizes %s; mean affinity within/across %.3f/%.3f",
+        facet_cfg.mode,
+        facet_cfg.statistic,
+        np.bincount(facets).tolist(),
+        mine["within"],
+        mine["across"],
     )
-    if len(rows) < 2:
-        raise StoreError(f"{cfg.features}: need at least 2 usable items, found {len(rows)}")
-    rng = np.random.default_rng(cfg.seed)
+    return FacetResult(facets, affinity, quality, int(len(sample)))
 
-    t = time.perf_counter()
-    fc = cfg.facets
-    sample = np.sort(rng.choice(rows, size=min(fc.sample_items, len(rows)), replace=False))
-    facets, affinity = assign_facets(x[sample], fc.mode, fc.n_facets, fc.statistic, cfg.seed)
-    quality = {fc.mode: facet_quality(affinity, facets)}
-    if fc.mode != "chunks" and d % fc.n_facets == 0:
-        quality["chunks"] = facet_quality(affinity, chunk_facets(d, fc.n_facets))
-    timings["facets"] = time.perf_counter() - t
-    log(
-        f"facets ({fc.mode}, {fc.statistic}): sizes {np.bincount(facets).tolist()}; mean affinity within/across {quality[fc.mode]['within']:.3f}/{quality[fc.mode]['across']:.3f}"
-    )
 
-    t = time.perf_counter()
-    cb = cfg.codebook
-    pairs = {"random": uniform_pairs(rows, cb.random_pairs, rng)}
-    dropped = {}
-    if ds is not None and cb.cooccur_pairs:
+def sample_pairs(
+    usable: np.ndarray, rows: np.ndarray, ds: PreparedDataset | None, cfg: DissectConfig, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Uniform pairs, plus pairs co-occurring in training sequences (the ones the code loss supervises);
+    co-occurring pairs of one item twice or of an unusable item are counted and left out."""
+    codebook_cfg = cfg.codebook
+    pairs = {"random": uniform_pairs(rows, codebook_cfg.random_pairs, rng)}
+    dropped: dict[str, int] = {}
+    if ds is not None and codebook_cfg.cooccur_pairs:
         offsets, seq_rows = train_sequences(ds)
-        p = cooccur_pairs(offsets, seq_rows, cb.cooccur_pairs, cb.max_seq_len, rng)
-        keep = usable[p[:, 0]] & usable[p[:, 1]] & (p[:, 0] != p[:, 1])
-        dropped["cooccur_same_item"] = int((p[:, 0] == p[:, 1]).sum())
+        drawn = cooccur_pairs(offsets, seq_rows, codebook_cfg.cooccur_pairs, codebook_cfg.max_seq_len, rng)
+        same = drawn[:, 0] == drawn[:, 1]
+        keep = usable[drawn[:, 0]] & usable[drawn[:, 1]] & ~same
+        dropped["cooccur_same_item"] = int(same.sum())
         dropped["cooccur_unusable_item"] = int((~keep).sum()) - dropped["cooccur_same_item"]
-        pairs["cooccur"] = p[keep]
-    all_pairs = np.concatenate(list(pairs.values()))
-    sims = facet_similarity(x, all_pairs[:, 0], all_pairs[:, 1], facets, fc.n_facets)
-    log(
-        f"codebook: {len(all_pairs):,} pairs ({', '.join(f'{k} {len(v):,}' for k, v in pairs.items())}), dropped {dropped or 'none'}"
-    )
-    centroids, info = fit_codebook(sims, cb, cfg.seed)
-    codes = assign_codes(sims, centroids)
-    by_source, at = {}, 0
-    for k, v in pairs.items():
-        by_source[k] = np.bincount(codes[at : at + len(v)], minlength=cb.n_codes).tolist()
-        at += len(v)
-    timings["codebook"] = time.perf_counter() - t
+        pairs["cooccur"] = drawn[keep]
+    return pairs, dropped
 
-    g = dst.group
-    g.create_array("facets", shape=facets.shape, chunks=facets.shape, dtype="int64", overwrite=True)[:] = facets
-    g.create_array("centroids", shape=centroids.shape, chunks=centroids.shape, dtype="float32", overwrite=True)[:] = (
-        centroids
+
+def fit_correlation_types(
+    x: np.ndarray,
+    usable: np.ndarray,
+    rows: np.ndarray,
+    facets: np.ndarray,
+    ds: PreparedDataset | None,
+    cfg: DissectConfig,
+    rng: np.random.Generator,
+) -> CodebookResult:
+    """k-means over the facet-similarity vectors of the sampled pairs; codes counted per pair source."""
+    codebook_cfg = cfg.codebook
+    pairs, dropped = sample_pairs(usable, rows, ds, cfg, rng)
+    all_pairs = np.concatenate(list(pairs.values()))
+    sims = facet_similarity(x, all_pairs[:, 0], all_pairs[:, 1], facets, cfg.facets.n_facets)
+    per_source = ", ".join(f"{k} {len(v):,}" for k, v in pairs.items())
+    log.info("codebook: %s pairs (%s), dropped %s", f"{len(all_pairs):,}", per_source, dropped or "none")
+    centroids, fit_info = fit_codebook(sims, codebook_cfg, cfg.seed)
+    codes = assign_codes(sims, centroids)
+    codes_by_source, at = {}, 0
+    for source, source_pairs in pairs.items():  # `codes` follows the order of `pairs`
+        per_code = np.bincount(codes[at : at + len(source_pairs)], minlength=codebook_cfg.n_codes)
+        codes_by_source[source] = per_code.tolist()
+        at += len(source_pairs)
+    return CodebookResult(centroids, pairs, dropped, codes_by_source, fit_info)
+
+
+def write_dissection_arrays(dst: FeatureStore, facets: FacetResult, codebook: CodebookResult) -> None:
+    """The arrays the trainer's Teacher reads beside the reduced features (one chunk each)."""
+    arrays = {
+        "facets": (facets.facets, "int64"),
+        "centroids": (codebook.centroids, "float32"),
+        "dim_affinity": (facets.affinity.astype(np.float32), "float32"),
+    }
+    for name, (values, dtype) in arrays.items():
+        array = dst.group.create_array(name, shape=values.shape, chunks=values.shape, dtype=dtype, overwrite=True)
+        array[:] = values
+
+
+def provenance(
+    cfg: DissectConfig,
+    src: FeatureStore,
+    reduction: Reduction,
+    counts: dict,
+    facets: FacetResult,
+    codebook: CodebookResult,
+    timings: dict[str, float],
+) -> dict:
+    """attrs["dissect"]: enough to tell how the store was made and to compare runs (the report reads it)."""
+    facet_cfg, codebook_cfg = cfg.facets, cfg.codebook
+    return {
+        "seed": cfg.seed,
+        "source": {
+            "path": str(cfg.features),
+            "item_fingerprint": src.attrs.get("item_fingerprint"),
+            "n_items": src.n_items,
+            "dim": src.dim,
+        },
+        "dataset": cfg.dataset,
+        "reduction": {**reduction.attrs, **counts},
+        "facets": {
+            "mode": facet_cfg.mode,
+            "n_facets": facet_cfg.n_facets,
+            "statistic": facet_cfg.statistic,
+            "sample_items": facets.sample_items,
+            "sizes": np.bincount(facets.facets, minlength=facet_cfg.n_facets).tolist(),
+            "quality": facets.quality,
+        },
+        "codebook": {
+            "n_codes": codebook_cfg.n_codes,
+            "pairs": {k: int(len(v)) for k, v in codebook.pairs.items()},
+            "dropped": codebook.dropped,
+            "max_seq_len": codebook_cfg.max_seq_len,
+            "batch_size": codebook_cfg.batch_size,
+            "n_init": codebook_cfg.n_init,
+            "max_iter": codebook_cfg.max_iter,
+            "codes_by_source": codebook.codes_by_source,
+            **codebook.fit_info,
+        },
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "config": config_to_dict(cfg),
+    }
+
+
+def summarise(
+    cfg: DissectConfig,
+    out: str,
+    src: FeatureStore,
+    reduction: Reduction,
+    usable_rows: int,
+    codebook: CodebookResult,
+    seconds: float,
+) -> dict:
+    """Log the run's one-line summary and return it as the stage's JSON summary."""
+    sizes = codebook.fit_info["cluster_sizes"]
+    log.info(
+        "%s: %s items, %d -> %d dims (%s), F = %d facets (%s), K = %d codes (inertia/pair %.4f, "
+        "largest %s pairs, smallest %s) in %.1f s",
+        out,
+        f"{src.n_items:,}",
+        src.dim,
+        reduction.dim,
+        reduction.method,
+        cfg.facets.n_facets,
+        cfg.facets.mode,
+        cfg.codebook.n_codes,
+        codebook.fit_info["inertia_per_pair"],
+        f"{sizes[0]:,}",
+        f"{sizes[-1]:,}",
+        seconds,
     )
-    g.create_array("dim_affinity", shape=affinity.shape, chunks=affinity.shape, dtype="float32", overwrite=True)[:] = (
-        affinity.astype(np.float32)
-    )
-    timings["total"] = time.perf_counter() - t0
-    dst.update_attrs(
-        dissect={
-            "seed": cfg.seed,
-            "source": {
-                "path": str(cfg.features),
-                "item_fingerprint": src.attrs.get("item_fingerprint"),
-                "n_items": N,
-                "dim": D,
-            },
-            "dataset": cfg.dataset,
-            "reduction": {**red.attrs, **counts},
-            "facets": {
-                "mode": fc.mode,
-                "n_facets": fc.n_facets,
-                "statistic": fc.statistic,
-                "sample_items": int(len(sample)),
-                "sizes": np.bincount(facets, minlength=fc.n_facets).tolist(),
-                "quality": quality,
-            },
-            "codebook": {
-                "n_codes": cb.n_codes,
-                "pairs": {k: int(len(v)) for k, v in pairs.items()},
-                "dropped": dropped,
-                "max_seq_len": cb.max_seq_len,
-                "batch_size": cb.batch_size,
-                "n_init": cb.n_init,
-                "max_iter": cb.max_iter,
-                "codes_by_source": by_source,
-                **info,
-            },
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
-            "config": config_to_dict(cfg),
-        }
-    )
-    log(
-        f"codebook: K={cb.n_codes}, inertia/pair {info['inertia_per_pair']:.4f}, largest code {info['cluster_sizes'][0]:,} pairs, smallest {info['cluster_sizes'][-1]:,}"
-    )
-    log(f"done in {timings['total']:.1f}s: {out}")
-    return Path(out)
+    return {
+        "output": str(out),
+        "n_items": src.n_items,
+        "usable_items": usable_rows,
+        "dim": reduction.dim,
+        "n_facets": cfg.facets.n_facets,
+        "n_codes": cfg.codebook.n_codes,
+        "seconds": round(seconds, 2),
+    }

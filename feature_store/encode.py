@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from feature_store.config import EncodeConfig, EncoderConfig, RayConfig
-from feature_store.models import resolve_model
+from feature_store.models import ResolvedModel, resolve_model
 from feature_store.planner import Plan, plan_cpu, plan_gpu
 from feature_store.store import FeatureStore, StoreError, fingerprint
 from kdsr.dataset import PreparedDataset
@@ -110,7 +111,7 @@ class ShardEncoder:
 
 
 # ---- driver side ---------------------------------------------------------------------------------
-def init_ray(rc: RayConfig) -> bool:
+def init_ray(ray_cfg: RayConfig) -> bool:
     """Join a cluster (address, or RAY_ADDRESS as set by `ray job submit`), else start an embedded local
     Ray with its dashboard (if any) on 127.0.0.1. Returns whether we started it (and must shut it down)."""
     import ray
@@ -118,10 +119,15 @@ def init_ray(rc: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
-    if rc.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=rc.address, **quiet)
+    if ray_cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=ray_cfg.address, **quiet)
         return True
-    ray.init(num_cpus=rc.num_cpus, include_dashboard=rc.include_dashboard, dashboard_host=rc.dashboard_host, **quiet)
+    ray.init(
+        num_cpus=ray_cfg.num_cpus,
+        include_dashboard=ray_cfg.include_dashboard,
+        dashboard_host=ray_cfg.dashboard_host,
+        **quiet,
+    )
     return True
 
 
@@ -173,7 +179,8 @@ def build_inputs(cfg: EncodeConfig, ds: PreparedDataset) -> tuple[list[str], lis
     else:
         if enc.image_column not in items.columns:
             raise StoreError(
-                f"{ds.path / 'items.parquet'}: no image column {enc.image_column!r} (columns: {', '.join(items.columns)})"
+                f"{ds.path / 'items.parquet'}: no image column {enc.image_column!r} "
+                f"(columns: {', '.join(items.columns)})"
             )
         inputs = [None if v is None or not str(v).strip() else str(v) for v in items[enc.image_column].to_list()]
         reasons = ["" if v is not None else "no image" for v in inputs]
@@ -260,48 +267,59 @@ class Progress:
             )
 
 
+@dataclass
+class Work:
+    """What one encode run embeds, all settled before any Ray actor starts."""
+
+    ds: PreparedDataset
+    ids: list[str]  # item IDs in store row order
+    inputs: list[str | None]  # one text or image reference per item; None: known to be unusable
+    reasons: list[str]  # why an input is None ("" otherwise)
+    resolved: ResolvedModel
+    provenance: dict[str, Any]
+
+
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     """Encode (or resume) and return the run summary, also appended to the store's `encode_runs` attr."""
-    import ray
-
     t_start = time.perf_counter()
     ds = PreparedDataset.open(cfg.dataset)
     ids, inputs, reasons = build_inputs(cfg, ds)
     resolved = resolve_model(cfg.encoder.model, cfg.encoder.revision)
-    prov = provenance(cfg, resolved, inputs, ids)
-    out = cfg.output
-    store = open_existing(cfg, ids, prov)
+    work = Work(ds, ids, inputs, reasons, resolved, provenance(cfg, resolved, inputs, ids))
+    store = open_existing(cfg, ids, work.provenance)
     if store is not None and store.is_complete():  # nothing to do for a finished store: no Ray at all
-        log.info("%s: complete, nothing to encode", out.path)
-        return {"items": 0, "errors": 0, "seconds": time.perf_counter() - t_start, "items_per_s": 0.0, "shards": []}
+        log.info("%s: complete, nothing to encode", cfg.output.path)
+        nothing = {"items": 0, "errors": 0, "seconds": time.perf_counter() - t_start, "items_per_s": 0.0, "shards": []}
+        return {**nothing, "output": str(cfg.output.path)}
+    store, plan, results, t_ready = encode_with_ray(cfg, work, store, t_start)
+    summary = run_summary(results, plan, t_start, t_ready)
+    store.update_attrs(encode_runs=list(store.attrs.get("encode_runs", [])) + [summary])
+    log.info(
+        "encode done: %d items, %d errors, %.1f s, %.0f items/s end to end (%.0f items/s after a %.1f s start-up)",
+        summary["items"],
+        summary["errors"],
+        summary["seconds"],
+        summary["items_per_s"],
+        summary["steady_items_per_s"],
+        summary["startup_s"],
+    )
+    return {**summary, "output": str(cfg.output.path)}
+
+
+def encode_with_ray(
+    cfg: EncodeConfig, work: Work, store: FeatureStore | None, t_start: float
+) -> tuple[FeatureStore, Plan, list[dict], float]:
+    """Start Ray and the actors, create the store (or continue `store`), encode its pending shards.
+    Returns (store, plan, per-shard results, time the model was ready); Ray is shut down if we started it."""
+    import ray
 
     owns_ray = init_ray(cfg.ray)
     actors: list = []
     try:
-        plan = make_plan(cfg, resolved)
+        plan = make_plan(cfg, work.resolved)
         log.info("plan: %s%s", plan.describe(), "".join(f" [{n}]" for n in plan.notes))
-        actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ShardEncoder)
-        opts = {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor}
-        max_mem = plan.max_memory
-        actors = [
-            actor_cls.options(**opts).remote(
-                cfg.encoder.model_dump(),
-                resolved.revision,
-                str(out.path),
-                str(ds.path),
-                plan.device,
-                plan.torch_threads,
-                max_mem,
-            )
-            for _ in range(plan.num_actors)
-        ]
-        dim = ray.get(actors[0].dim.remote())
-        if store is None:
-            store = FeatureStore.create(
-                out.path, ids, dim, dtype=out.dtype, shard_size=out.shard_size, attrs=prov, overwrite=out.overwrite
-            )
-        if store.dim != dim:
-            raise StoreError(f"{out.path}: store has {store.dim} dims, the model gives {dim}")
+        actors = start_actors(cfg, work, plan)
+        store = ready_store(cfg, work, store, ray.get(actors[0].dim.remote()))
         pending = store.pending_shards()
         t_ready = time.perf_counter()
         log.info(
@@ -312,15 +330,58 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
             len(actors),
             t_ready - t_start,
         )
-        results = dispatch(store, pending, inputs, reasons, actors, cfg.progress_every_s)
+        results = dispatch(store, pending, work.inputs, work.reasons, actors, cfg.progress_every_s)
     finally:
-        for a in actors:
-            ray.kill(a)
+        for actor in actors:
+            ray.kill(actor)
         if owns_ray:
             ray.shutdown()
+    return store, plan, results, t_ready
+
+
+def start_actors(cfg: EncodeConfig, work: Work, plan: Plan) -> list:
+    """The plan's actors, each loading the model once (retried and restarted by Ray on failure)."""
+    import ray
+
+    actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ShardEncoder)
+    opts = {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor}
+    return [
+        actor_cls.options(**opts).remote(
+            cfg.encoder.model_dump(),
+            work.resolved.revision,
+            str(cfg.output.path),
+            str(work.ds.path),
+            plan.device,
+            plan.torch_threads,
+            plan.max_memory,
+        )
+        for _ in range(plan.num_actors)
+    ]
+
+
+def ready_store(cfg: EncodeConfig, work: Work, store: FeatureStore | None, dim: int) -> FeatureStore:
+    """The store to write: the one being resumed, else a new one of the model's width."""
+    out = cfg.output
+    if store is None:
+        store = FeatureStore.create(
+            out.path,
+            work.ids,
+            dim,
+            dtype=out.dtype,
+            shard_size=out.shard_size,
+            attrs=work.provenance,
+            overwrite=out.overwrite,
+        )
+    if store.dim != dim:
+        raise StoreError(f"{out.path}: store has {store.dim} dims, the model gives {dim}")
+    return store
+
+
+def run_summary(results: list[dict], plan: Plan, t_start: float, t_ready: float) -> dict[str, Any]:
+    """Throughput end to end and after start-up (model loading), recorded in the store per run."""
     t_end = time.perf_counter()
     items = sum(r["items"] for r in results)
-    summary = {
+    return {
         "items": items,
         "errors": sum(r["errors"] for r in results),
         "seconds": round(t_end - t_start, 3),
@@ -331,17 +392,6 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
         "plan": plan.describe(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    store.update_attrs(encode_runs=list(store.attrs.get("encode_runs", [])) + [summary])
-    log.info(
-        "encode done: %d items, %d errors, %.1f s, %.0f items/s end to end (%.0f items/s after a %.1f s start-up)",
-        items,
-        summary["errors"],
-        summary["seconds"],
-        summary["items_per_s"],
-        summary["steady_items_per_s"],
-        summary["startup_s"],
-    )
-    return summary
 
 
 def dispatch(store: FeatureStore, pending: list[int], inputs, reasons, actors, every_s: float) -> list[dict]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from feature_store.config import EncoderConfig
+from kdsr.errors import KdsrError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FULL_HASH_LIMIT = 2 << 30  # hash whole weight files up to 2 GiB; beyond, size + head/tail (fast, recorded)
 
 
-class ModelError(ValueError):
+class ModelError(KdsrError, ValueError):
     """A model that cannot be found or loaded as configured; the message names the model."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kdsr.errors import KdsrError
+
 GIB = 1 << 30
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
 QUANT_BYTES_PER_PARAM = {"int8": 1.0, "nf4": 0.5}
@@ -21,7 +23,7 @@ QUANT_UNQUANTIZED_FRACTION = 0.15
 CPU_DRIVER_RESERVE = 0.5  # Ray CPUs left free on a CPU-only cluster (driver-side work, other tasks)
 
 
-class PlanError(ValueError):
+class PlanError(KdsrError, ValueError):
     """No placement fits: the message says what would."""
 
 
@@ -115,7 +117,8 @@ def plan_cpu(
     notes = []
     if reserve * num_actors > n_cpus - CPU_DRIVER_RESERVE + 1e-9:
         notes.append(
-            f"{num_actors} actors x {reserve:g} CPUs leave less than {CPU_DRIVER_RESERVE} CPU free on a {n_cpus:g}-CPU cluster"
+            f"{num_actors} actors x {reserve:g} CPUs leave less than {CPU_DRIVER_RESERVE} CPU free "
+            f"on a {n_cpus:g}-CPU cluster"
         )
     if threads * num_actors > cores:
         notes.append(f"{num_actors} actors x {threads} threads oversubscribe {cores} cores")

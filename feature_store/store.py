@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,12 @@ import numpy as np
 import zarr
 
 from kdsr import __version__
+from kdsr.errors import KdsrError
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-class StoreError(ValueError):
+class StoreError(KdsrError, ValueError):
     """A store that is missing, malformed, or does not match what the caller expects."""
 
 
@@ -67,19 +68,23 @@ class FeatureStore:
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> FeatureStore:
+        """A new, empty store of len(item_ids) x dim; shards are then written with `write_shard`."""
         if dtype not in ("float16", "float32"):
             raise StoreError(f"{path}: dtype must be float16 or float32, got {dtype!r}")
         n = len(item_ids)
         if n == 0 or dim <= 0 or shard_size <= 0:
             raise StoreError(f"{path}: cannot create a store of {n} items x {dim} dims, shard size {shard_size}")
-        g = zarr.open_group(str(path), mode="w" if overwrite else "w-")
-        g.create_array("embeddings", shape=(n, dim), chunks=(shard_size, dim), dtype=dtype, fill_value=0)
-        ids = g.create_array("item_ids", shape=(n,), chunks=(n,), dtype=str)
+        try:
+            group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
+        except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+            raise StoreError(f"{path}: something is already there; set overwrite to replace it") from None
+        group.create_array("embeddings", shape=(n, dim), chunks=(shard_size, dim), dtype=dtype, fill_value=0)
+        ids = group.create_array("item_ids", shape=(n,), chunks=(n,), dtype=str)
         ids[:] = np.asarray([str(i) for i in item_ids])
-        g.create_array("mask", shape=(n,), chunks=(shard_size,), dtype=bool, fill_value=False)
-        g.create_array("errors", shape=(n,), chunks=(shard_size,), dtype=str)
+        group.create_array("mask", shape=(n,), chunks=(shard_size,), dtype=bool, fill_value=False)
+        group.create_array("errors", shape=(n,), chunks=(shard_size,), dtype=str)
         n_shards = -(-n // shard_size)
-        g.create_array("shards_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False)
+        group.create_array("shards_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False)
         meta = {
             "kdsr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -90,8 +95,8 @@ class FeatureStore:
             "item_fingerprint": fingerprint(item_ids),
         }
         meta.update(attrs or {})
-        g.attrs.update(meta)
-        return cls(str(path), g)
+        group.attrs.update(meta)
+        return cls(str(path), group)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
@@ -99,13 +104,13 @@ class FeatureStore:
         if not _is_url(path) and not Path(path).exists():
             raise StoreError(f"{path}: no feature store here (run `kdsr encode` or `kdsr import` first)")
         try:
-            g = zarr.open_group(path, mode=mode)
+            group = zarr.open_group(path, mode=mode)
         except Exception as e:  # zarr raises several types for "not a group"
             raise StoreError(f"{path}: not a Zarr feature store ({e})") from None
-        missing = [k for k in ("embeddings", "item_ids", "mask", "shards_done") if k not in g]
+        missing = [k for k in ("embeddings", "item_ids", "mask", "shards_done") if k not in group]
         if missing:
             raise StoreError(f"{path}: not a kdsr feature store, missing arrays: {', '.join(missing)}")
-        return cls(path, g)
+        return cls(path, group)
 
     # ---- shape and provenance --------------------------------------------------------------------
     @property
@@ -194,12 +199,6 @@ class FeatureStore:
             raise StoreError(f"{self.path}: row index out of range [0, {self.n_items})")
         uniq, inverse = np.unique(rows, return_inverse=True)
         return np.asarray(self.embeddings.oindex[uniq])[inverse]
-
-    def iter_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(start_row, block) over the whole array, a chunk-aligned block at a time (streaming)."""
-        step = block_rows or self.shard_size
-        for start in range(0, self.n_items, step):
-            yield start, np.asarray(self.embeddings[start : start + step])
 
     def read_all(self, dtype: str = "float32") -> np.ndarray:
         return np.asarray(self.embeddings[:], dtype=dtype)

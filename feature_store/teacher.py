@@ -105,7 +105,8 @@ class Teacher:
         centroids = torch.from_numpy(np.asarray(store.group["centroids"][:], np.float32))
         if facets.numel() != x.shape[1] or int(facets.max()) + 1 != centroids.shape[1]:
             raise StoreError(
-                f"{path}: facets ({facets.numel()} dims, {int(facets.max()) + 1} facets) do not fit features {x.shape} / centroids {tuple(centroids.shape)}"
+                f"{path}: facets ({facets.numel()} dims, {int(facets.max()) + 1} facets) do not fit "
+                f"features {x.shape} / centroids {tuple(centroids.shape)}"
             )
         return cls(features, valid, facets, centroids).to(device)
 
@@ -153,8 +154,8 @@ class Teacher:
         # codes only for the supervised pairs, upper triangle, then mirrored (c_ij = c_ji)
         b, i, j = torch.nonzero(torch.triu(pair_mask, diagonal=1), as_tuple=True)
         if b.numel() * 8 > B * L * L:  # dense batch: one batched matmul per facet beats gathering pairs
-            fu = self._facet_unit[seqs].transpose(1, 2)  # (B, F, L, m)
-            c = torch.matmul(fu, fu.transpose(-1, -2))[b, :, i, j]  # (P, F)
+            units = self._facet_unit[seqs].transpose(1, 2)  # (B, F, L, m)
+            c = torch.matmul(units, units.transpose(-1, -2))[b, :, i, j]  # (P, F)
         else:
             c = (self._facet_unit[seqs[b, i]] * self._facet_unit[seqs[b, j]]).sum(-1)  # (P, F)
         code = nearest_centroid(

@@ -15,9 +15,11 @@ import polars as pl
 import torch
 
 from feature_store.config import EncoderConfig
+from feature_store.models import ModelError
+from kdsr.errors import KdsrError
 
 
-class TemplateError(ValueError):
+class TemplateError(KdsrError, ValueError):
     """A template that names a field the item table does not have."""
 
 
@@ -43,7 +45,7 @@ def prepare_tokenizer(tokenizer) -> None:
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError("tokenizer has neither a pad nor an EOS token; cannot batch")
+            raise ModelError("tokenizer has neither a pad nor an EOS token; cannot batch")
         tokenizer.pad_token = tokenizer.eos_token
 
 
@@ -65,7 +67,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     if pooling == "last_token":
         last = mask.long().sum(1).clamp(min=1) - 1  # index of the last real token per row
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValueError(f"pooling {pooling!r} is not defined for text (use mean, cls or last_token)")
+    raise ModelError(f"pooling {pooling!r} is not defined for text (use mean, cls or last_token)")
 
 
 class TextEmbedder:
@@ -76,7 +78,7 @@ class TextEmbedder:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.device = device if device == "cpu" else str(next(model.parameters()).device)
         if cfg.pooling == "pooler":
-            raise ValueError("pooling 'pooler' is for vision models; text uses mean, cls or last_token")
+            raise ModelError("pooling 'pooler' is for vision models; text uses mean, cls or last_token")
         self.dim = int(self.embed(["probe"]).shape[1])
 
     def _autocast(self):

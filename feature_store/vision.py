@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from feature_store.config import EncoderConfig
+from feature_store.models import ModelError
 
 MAX_IMAGE_BYTES = 50 << 20  # refuse larger downloads: a catalog image is never this big
 
@@ -58,17 +59,17 @@ def pool_vision(out, pooling: str) -> torch.Tensor:
     if pooling == "pooler":
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
-            raise ValueError("this vision model has no pooler output; use pooling cls or mean")
+            raise ModelError("this vision model has no pooler output; use pooling cls or mean")
         return pooled.flatten(1).float()
     if hidden.dim() == 4:  # (B, C, H, W) feature maps: average over space
         if pooling != "mean":
-            raise ValueError("convolutional models (ResNet) support pooling mean or pooler")
+            raise ModelError("convolutional models (ResNet) support pooling mean or pooler")
         return hidden.float().mean(dim=(2, 3))
     if pooling == "cls":
         return hidden[:, 0].float()
     if pooling == "mean":
         return hidden.float().mean(1)
-    raise ValueError(f"pooling {pooling!r} is not defined for images (use pooler, cls or mean)")
+    raise ModelError(f"pooling {pooling!r} is not defined for images (use pooler, cls or mean)")
 
 
 class ImageEmbedder:

@@ -10,34 +10,19 @@ Under `ray job submit` the job joins that cluster by itself (RAY_ADDRESS is set 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from kdsr.config import save_config
-from kdsr.entry import run_stage
+from feature_store.config import EncodeConfig
+from kdsr.entry import config_loader, run_stage
+
+
+def run(cfg: EncodeConfig) -> dict:
+    from feature_store.encode import run_encode
+
+    return run_encode(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_store.config import EncodeConfig
-    from feature_store.encode import run_encode
-    from feature_store.models import ModelError
-    from feature_store.planner import PlanError
-    from feature_store.store import StoreError
-    from feature_store.text import TemplateError
-    from kdsr.dataset import DatasetError
-
-    def keep_config(cfg: EncodeConfig) -> None:
-        if "://" not in cfg.output.path:
-            save_config(cfg, Path(cfg.output.path), name="encode-config.yaml")
-
-    return run_stage(
-        "encode",
-        __doc__,
-        argv,
-        EncodeConfig,
-        run_encode,
-        (StoreError, ModelError, DatasetError, TemplateError, PlanError),
-        after=keep_config,
-    )
+    return run_stage("encode", __doc__, argv, config_loader(EncodeConfig), run)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import sys
 
-from kdsr.entry import run_stage
+from feature_store.config import ImportConfig
+from kdsr.entry import config_loader, run_stage
+
+
+def run(cfg: ImportConfig) -> dict:
+    from feature_store.importer import run_import
+
+    return run_import(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_store.config import ImportConfig
-    from feature_store.importer import FeatureImportError, run_import
-    from feature_store.store import StoreError
-    from kdsr.dataset import DatasetError
-
-    return run_stage("import", __doc__, argv, ImportConfig, run_import, (FeatureImportError, StoreError, DatasetError))
+    return run_stage("import", __doc__, argv, config_loader(ImportConfig), run)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
-"""`kdsr pipeline`: prepare -> encode -> dissect -> train (several variants) -> report, cached by stage.
+"""`kdsr pipeline CONFIG [key=value ...] [--force]`: prepare -> encode -> dissect -> train (several
+variants) -> report, cached stage by stage.
 
-Each stage runs from its own config file (plus overrides) exactly as its `kdsr <stage>` command would. A
-stage is skipped when its output exists and its cache key is unchanged; the key hashes the stage's resolved
-config and the keys of the stages it reads, so editing the prepare config re-runs everything after it,
-while editing only a train config re-runs only that training.
+    kdsr pipeline configs/pipeline/beauty-minilm.yaml            # what `make demo` runs
+    python -m jobs.pipeline configs/pipeline/beauty-minilm.yaml --force
+
+Each stage runs from its own config file (plus overrides) through the same function as its `kdsr <stage>`
+command. A stage is skipped when its output exists and its cache key is unchanged; the key hashes the stage's
+resolved config and the keys of the stages it reads, so editing the prepare config re-runs everything after
+it, while editing only a train config re-runs only that training.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +25,15 @@ from typing import Any
 
 from pydantic import Field
 
-from jobs.stages import schema_for
+from dissect.config import DissectConfig
+from feature_store.config import EncodeConfig
 from kdsr.config import Config, config_to_dict, load_config, save_config
+from kdsr.entry import run_stage
+from kdsr.files import write_json_atomic
+from prepare.config import PrepareConfig
+from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class StageRef(Config):
@@ -59,7 +72,7 @@ class StageResult:
     seconds: float
 
 
-def _key(cfg: Config, upstream: list[str]) -> str:
+def cache_key(cfg: Config, upstream: list[str]) -> str:
     blob = json.dumps({"config": config_to_dict(cfg), "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -70,128 +83,114 @@ class Pipeline:
         self.out = Path(cfg.out_dir)
         self.force = force
         self.record_path = self.out / "stages.json"
-        self.record: dict[str, Any] = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
+        self.record: dict[str, Any] = self._read_record()
         self.results: dict[str, StageResult] = {}
 
-    def _stage(
+    def _read_record(self) -> dict[str, Any]:
+        """The cache record; an unreadable one (a crash of an older version mid-write) only costs a re-run."""
+        if not self.record_path.exists():
+            return {}
+        try:
+            return json.loads(self.record_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("%s is unreadable; every stage runs again", self.record_path)
+            return {}
+
+    def stage(
         self,
         name: str,
-        stage: str,
+        cfg: Config,
         ref: StageRef,
-        upstream: list[str],
         extra: list[str],
-        output_of: Callable[[Any], str],
+        upstream: list[str],
+        output: str,
         run: Callable[[Any], Any],
         restart_on_change: bool = False,
     ) -> StageResult:
-        cfg = load_config(schema_for(stage), ref.config, [*ref.overrides, *extra])
-        key = _key(cfg, upstream)
-        output = Path(output_of(cfg))
+        """Run one stage unless its output exists under the same cache key."""
+        key = cache_key(cfg, upstream)
         seen = self.record.get(name, {})
-        if not self.force and seen.get("key") == key and seen.get("done") and output.exists():
-            print(f"[pipeline] {name}: cached (config and inputs unchanged) -> {output}", flush=True)
-            result = StageResult(name, output, key, True, 0.0)
+        if not self.force and seen.get("key") == key and seen.get("done") and Path(output).exists():
+            log.info("%s: cached (config and inputs unchanged) -> %s", name, output)
+            result = StageResult(name, Path(output), key, True, 0.0)
         else:
-            print(f"[pipeline] {name}: running {stage} {ref.config} -> {output}", flush=True)
+            log.info("%s: running %s -> %s", name, ref.config, output)
             if restart_on_change and seen.get("key") != key:
                 # Inputs or config changed since the checkpoint there was written: resuming it would report
                 # a model trained on the old inputs. (Same key, not done: an interrupted run, which resumes.)
                 cfg.resume = False
             t0 = time.perf_counter()
             run(cfg)
-            result = StageResult(name, output, key, False, time.perf_counter() - t0)
+            result = StageResult(name, Path(output), key, False, time.perf_counter() - t0)
             self.record[name] = {
                 "key": key,
                 "done": True,
-                "output": str(output),
+                "output": output,
                 "seconds": round(result.seconds, 1),
                 "config": ref.config,
                 "overrides": [*ref.overrides, *extra],
             }
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.record_path.write_text(json.dumps(self.record, indent=2))
+            write_json_atomic(self.record_path, self.record)
         self.results[name] = result
         return result
 
-    def run(self) -> Path:
-        from dissect.run import default_output, dissect
+    def run(self) -> dict:
+        from dissect.run import run_dissect
         from feature_store.encode import run_encode
-        from prepare.run import prepare
+        from jobs.report import write_report
+        from prepare.run import run_prepare
+        from trainer.train import run_train
 
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(c, self.out, "pipeline.yaml")
-        data = self._stage("prepare", "prepare", c.prepare, [], [], lambda p: p.output_dir, prepare)
-        feats = self._stage(
-            "encode", "encode", c.encode, [data.key], [f"dataset={data.output}"], lambda e: e.output.path, run_encode
-        )
-        diss = self._stage(
-            "dissect",
-            "dissect",
-            c.dissect,
-            [feats.key],
-            [f"features={feats.output}", f"dataset={data.output}"],
-            lambda d: d.output or default_output(d.features),
-            dissect,
-        )
+
+        def load(schema: type, ref: StageRef, extra: list[str]) -> Any:
+            return load_config(schema, ref.config, [*ref.overrides, *extra])
+
+        prep_cfg = load(PrepareConfig, c.prepare, [])
+        data = self.stage("prepare", prep_cfg, c.prepare, [], [], prep_cfg.output_dir, run_prepare)
+        extra = [f"dataset={data.output}"]
+        enc_cfg = load(EncodeConfig, c.encode, extra)
+        feats = self.stage("encode", enc_cfg, c.encode, extra, [data.key], enc_cfg.output.path, run_encode)
+        extra = [f"features={feats.output}", f"dataset={data.output}"]
+        dis_cfg = load(DissectConfig, c.dissect, extra)
+        diss = self.stage("dissect", dis_cfg, c.dissect, extra, [feats.key], dis_cfg.resolved_output(), run_dissect)
         runs = []
         for variant in c.train:
-            base = load_config(schema_for("train"), variant.config, variant.overrides)
+            base = load(TrainConfig, variant, [])
             features = [
                 f"modalities.{i}.features={diss.output}" for i, m in enumerate(base.modalities) if m.name == c.modality
             ]
             extra = [f"dataset={data.output}", *features, *c.train_overrides]
             upstream = [data.key, diss.key] if features else [data.key]  # an ID-only run does not read features
-            runs.append(
-                self._stage(
-                    f"train:{variant.label}",
-                    "train",
-                    variant,
-                    upstream,
-                    extra,
-                    lambda t: t.out_dir,
-                    _train,
-                    restart_on_change=True,
-                )
-            )
-        from jobs.report import write_report
-
-        report = write_report(
-            self.cfg, self.results, data.output, diss.output, [(v.label, r.output) for v, r in zip(c.train, runs)]
-        )
-        return report
+            train_cfg = load(TrainConfig, variant, extra)
+            name = f"train:{variant.label}"
+            runs.append(self.stage(name, train_cfg, variant, extra, upstream, train_cfg.out_dir, run_train, True))
+        labelled = [(v.label, r.output) for v, r in zip(c.train, runs)]
+        report = write_report(c, self.results, data.output, diss.output, labelled)
+        log.info("report: %s", report)
+        return {
+            "output": str(report),
+            "stages": {n: {"cached": r.cached, "output": str(r.output)} for n, r in self.results.items()},
+        }
 
 
-def _train(cfg: Any) -> None:
-    from trainer.train import TrainRecipe
+def main(argv: list[str] | None = None) -> int:
+    force = False
 
-    recipe = TrainRecipe(cfg)
-    recipe.setup()
-    finished = recipe.train()
-    recipe.cleanup()
-    if not finished:
-        raise RuntimeError(f"training {cfg.out_dir} stopped before the end (stop_after is set)")
+    def load(args: list[str]) -> PipelineConfig:
+        nonlocal force
+        parser = argparse.ArgumentParser(prog="kdsr pipeline", description=__doc__.splitlines()[0])
+        parser.add_argument("config")
+        parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the pipeline config")
+        parser.add_argument("--force", action="store_true", help="re-run every stage even when cached")
+        ns = parser.parse_args(args)
+        force = ns.force
+        return load_config(PipelineConfig, ns.config, ns.overrides)
+
+    return run_stage("pipeline", __doc__, argv, load, lambda cfg: Pipeline(cfg, force).run())
 
 
-def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="kdsr pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the pipeline config")
-    parser.add_argument("--force", action="store_true", help="re-run every stage even when cached")
-    args = parser.parse_args(argv)
-    from feature_store.models import ModelError
-    from feature_store.store import StoreError
-    from kdsr.config import ConfigError
-    from kdsr.dataset import DatasetError
-    from prepare.readers import InputError
-
-    try:
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
-        report = Pipeline(cfg, force=args.force).run()
-    except (ConfigError, StoreError, ModelError, DatasetError, InputError, FileNotFoundError) as e:
-        print(f"kdsr pipeline: {e}", file=sys.stderr)
-        return 2
-    print(f"\nreport: {report}")
-    return 0
+if __name__ == "__main__":
+    sys.exit(main())

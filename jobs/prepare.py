@@ -13,44 +13,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from kdsr.config import ConfigError, load_config
+from kdsr.entry import run_stage
 
 
-def main(argv: list[str]) -> int:
+def load(argv: list[str]):
+    from prepare.config import PrepareConfig
+
     parser = argparse.ArgumentParser(
         prog="kdsr prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="YAML under configs/prepare/")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    parser.add_argument(
-        "--download", metavar="CATEGORY", help="fetch this Amazon category's official dumps first (amazon source)"
-    )
+    parser.add_argument("--download", metavar="CATEGORY", help="fetch this Amazon category's official dumps first")
     args = parser.parse_args(argv)
-
-    from prepare.amazon import DownloadError, download
-    from prepare.config import PrepareConfig
-    from prepare.readers import InputError
-    from prepare.run import prepare
-
     overrides = list(args.overrides)
     if args.download:
-        overrides += [f"amazon.category={args.download}", "amazon.reviews=null", "amazon.meta=null"]
-    start = time.perf_counter()
-    try:
-        if args.download and not _has_amazon_section(args.config):
+        if not _has_amazon_section(args.config):
             raise ConfigError(f"{args.config}: --download needs an `amazon:` source section")
-        cfg = load_config(PrepareConfig, args.config, overrides)
-        if args.download:
-            for kind, path in download(cfg.amazon).items():
-                print(f"{kind}: {path}")
-        out = prepare(cfg)
-    except (ConfigError, InputError, DownloadError) as e:
-        print(f"kdsr prepare: {e}", file=sys.stderr)
-        return 1
-    print(summary(out, time.perf_counter() - start))
-    return 0
+        overrides += [f"amazon.category={args.download}", "amazon.reviews=null", "amazon.meta=null"]
+    cfg = load_config(PrepareConfig, args.config, overrides)
+    return cfg, bool(args.download)
+
+
+def run(loaded) -> dict:
+    from prepare.amazon import download
+    from prepare.run import run_prepare
+
+    cfg, fetch = loaded
+    if fetch:
+        download(cfg.amazon)
+    return run_prepare(cfg)
 
 
 def _has_amazon_section(path: str) -> bool:
@@ -58,26 +52,16 @@ def _has_amazon_section(path: str) -> bool:
     import yaml
 
     try:
-        raw = yaml.safe_load(open(path))
+        with open(path) as f:
+            raw = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
         return True
     return isinstance(raw, dict) and "amazon" in raw
 
 
-def summary(out, seconds: float) -> str:
-    from kdsr.dataset import PreparedDataset
-
-    s = PreparedDataset.open(out).stats
-    lines = [
-        f"{s['name']}: {s['n_users']:,} users, {s['n_items']:,} items, {s['n_interactions']:,} interactions "
-        f"(protocol {s['protocol']}, sequence length mean {s['seq_len']['mean']:.1f}, max {s['seq_len']['max']})",
-        "split: " + ", ".join(f"{k} {v:,}" for k, v in s["split"].items()),
-    ]
-    dropped = {k: v for k, v in s["dropped"].items() if v}
-    lines.append("dropped: " + (", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else "nothing"))
-    lines.append(f"wrote {out} in {seconds:.1f} s")
-    return "\n".join(lines)
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("prepare", __doc__, argv, load, run)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

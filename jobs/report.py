@@ -7,6 +7,7 @@ so the report shows what was measured, never a number typed in by hand.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kdsr.dataset import PreparedDataset  # noqa: E402
+from kdsr.files import write_json_atomic, write_text_atomic  # noqa: E402
 from trainer.retention import run_retention  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 
@@ -62,9 +66,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "n/a" for k in TABLE_METRICS]
         if base and r is not rows[0] and isinstance(r["ndcg@10"], float):
             cells[1] += f" ({(r['ndcg@10'] / base - 1) * 100:+.1f}%)"
-        spe = f"{r['sec_per_epoch']:.1f}" if r["sec_per_epoch"] else "n/a"
+        epoch_s = f"{r['sec_per_epoch']:.1f}" if r["sec_per_epoch"] else "n/a"
         kept = ", ".join(f"{m} {pair:.2f}" for m, (_, pair) in r.get("retention", {}).items()) or "-"
-        lines.append(f"| {r['label']} | {' | '.join(cells)} | {r['selected_epoch']} / {r['epochs']} | {spe} | {kept} |")
+        lines.append(
+            f"| {r['label']} | {' | '.join(cells)} | {r['selected_epoch']} / {r['epochs']} | {epoch_s} | {kept} |"
+        )
     return "\n".join(lines)
 
 
@@ -106,6 +112,7 @@ def _section(markdown: Path, heading: str) -> str:
 
 
 def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, runs: list[tuple[str, Path]]) -> Path:
+    """report.md (and comparison.json, the same rows as data) under the pipeline's out_dir."""
     from dissect.report import report as dissection_report
 
     out = Path(cfg.out_dir)
@@ -115,24 +122,40 @@ def write_report(cfg: Any, results: dict, dataset_dir: Path, dissection: Path, r
     rows = comparison_rows(runs)
     curves = plot_curves(runs, out)
     evidence = dissection_report(dissection, titles, out / "dissection", name=cfg.name)
-    stats = ds.stats
-    stage_lines = "\n".join(
-        f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values()
+    text = "\n\n".join(
+        [
+            header(cfg.name, ds, rows),
+            metrics_section(rows, cfg.train_overrides, curves),
+            evidence_section(evidence, out),
+            stages_section(results),
+        ]
     )
-    ranking = {r["ranking"] for r in rows if r["ranking"]}
+    path = write_text_atomic(out / "report.md", text + "\n")
+    write_json_atomic(out / "comparison.json", rows)
+    log.info("test metrics (checkpoint selected on validation NDCG@10):\n%s", markdown_table(rows))
+    return path
+
+
+def header(name: str, ds: PreparedDataset, rows: list[dict[str, Any]]) -> str:
+    stats = ds.stats
+    ranking = ", ".join(sorted({r["ranking"] for r in rows if r["ranking"]})) or "full ranking"
+    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"""# {name}: pipeline report
+
+Generated {generated} by `kdsr pipeline`. Dataset `{ds.name}`:
+{stats["n_users"]:,} users, {stats["n_items"]:,} items, {stats["n_interactions"]:,} interactions,
+split protocol `{stats.get("protocol")}`; evaluation: {ranking}."""
+
+
+def metrics_section(rows: list[dict[str, Any]], train_overrides: list[str], curves: Path) -> str:
+    shortened = any(o.startswith(("epochs=", "max_steps=")) for o in train_overrides)
     budget_note = (
         "These runs use a shortened budget set for this pipeline, so they show the pipeline working, "
         "not the method's converged quality (bench/run_quality.py runs full budgets). "
-        if any(o.startswith(("epochs=", "max_steps=")) for o in cfg.train_overrides)
+        if shortened
         else ""
     )
-    text = f"""# {cfg.name}: pipeline report
-
-Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} by `kdsr pipeline`. Dataset `{ds.name}`:
-{stats["n_users"]:,} users, {stats["n_items"]:,} items, {stats["n_interactions"]:,} interactions,
-split protocol `{stats.get("protocol")}`; evaluation: {", ".join(sorted(ranking)) or "full ranking"}.
-
-## Test metrics (checkpoint selected on validation NDCG@10)
+    return f"""## Test metrics (checkpoint selected on validation NDCG@10)
 
 {markdown_table(rows)}
 
@@ -140,11 +163,13 @@ Percentages: NDCG@10 relative to the first row. Encoder kept: Pearson r between 
 trained modality table and of the stored features it started from (1.0 = nothing forgotten;
 `trainer/retention.py`), the modality forgetting that distillation and the slow step are meant to prevent.
 {budget_note}Budget and settings of each run are in its
-`config.yaml`; the train overrides applied to every variant here: `{" ".join(cfg.train_overrides) or "none"}`.
+`config.yaml`; the train overrides applied to every variant here: `{" ".join(train_overrides) or "none"}`.
 
-![training curves]({curves.name})
+![training curves]({curves.name})"""
 
-## What the encoder's correlations look like
+
+def evidence_section(evidence: Path, out: Path) -> str:
+    return f"""## What the encoder's correlations look like
 
 Dimension affinity of the reduced features, ordered by facet (bright blocks on the diagonal: dimensions
 that co-vary form one facet), and the item pairs closest to a few correlation types. The whole dissection
@@ -152,16 +177,11 @@ report, with every code's centroid and share of pairs, is [here]({_rel(evidence,
 
 ![facet heatmap]({_rel(evidence.parent / "heatmap.png", out)})
 
-{_section(evidence, "## Item pairs closest to a few centroids")}
+{_section(evidence, "## Item pairs closest to a few centroids")}"""
 
-## Stages
 
-| stage | time | output |
-|---|---|---|
-{stage_lines}
-"""
-    path = out / "report.md"
-    path.write_text(text)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
-    print("\n" + markdown_table(rows))
-    return path
+def stages_section(results: dict) -> str:
+    lines = [
+        f"| {r.name} | {'cached' if r.cached else f'{r.seconds:.0f} s'} | `{r.output}` |" for r in results.values()
+    ]
+    return "## Stages\n\n| stage | time | output |\n|---|---|---|\n" + "\n".join(lines)

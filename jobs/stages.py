@@ -1,25 +1,79 @@
-"""Stage name -> its config schema, as "module:ClassName" strings imported lazily (no heavy imports at
-startup). The config test loads every configs/<stage>/*.yaml with the schema registered here, so a stage
-that ships configs must register its schema."""
+"""The stages the `kdsr` command knows: name, one-line summary, entry-point module and config schema.
+
+One registry for the CLI's dispatch, its help text, the config reference (docs/CONFIG.md) and the test that
+loads every shipped config. Schemas and modules are named as strings and imported on use, so `kdsr --help`
+does not import torch or Ray.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
-SCHEMAS: dict[str, str] = {
-    "prepare": "prepare.config:PrepareConfig",
-    "import": "feature_store.config:ImportConfig",
-    "encode": "feature_store.config:EncodeConfig",
-    "dissect": "dissect.config:DissectConfig",
-    "train": "trainer.config:TrainConfig",
-    "pipeline": "jobs.pipeline:PipelineConfig",
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    module: str  # jobs.<module>, whose main(argv) -> exit code runs the stage
+    schema: str | None  # "module:Class" of the config it reads; None: it reads a run's saved config
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "prepare",
+            "turn interactions + item tables into a clean, split, ID-mapped dataset",
+            "jobs.prepare",
+            "prepare.config:PrepareConfig",
+        ),
+        Stage(
+            "import",
+            "import an existing feature matrix (.npy, .feat1CLS, Parquet column) into a feature store",
+            "jobs.import_features",
+            "feature_store.config:ImportConfig",
+        ),
+        Stage(
+            "encode",
+            "embed an item catalog with Hugging Face encoders on Ray into a Zarr feature store",
+            "jobs.encode",
+            "feature_store.config:EncodeConfig",
+        ),
+        Stage(
+            "dissect",
+            "reduce features, cluster dimensions into facets, fit the correlation-type codebook",
+            "jobs.dissect",
+            "dissect.config:DissectConfig",
+        ),
+        Stage(
+            "train",
+            "train a sequential recommender with correlation distillation (Accelerate)",
+            "jobs.train",
+            "trainer.config:TrainConfig",
+        ),
+        Stage("evaluate", "re-evaluate a saved run with full ranking", "jobs.evaluate", None),
+        Stage(
+            "pipeline",
+            "prepare -> encode -> dissect -> train -> evaluate, cached stage by stage, with a report",
+            "jobs.pipeline",
+            "jobs.pipeline:PipelineConfig",
+        ),
+    )
 }
+
+# Stages with a config schema of their own, i.e. a configs/<stage>/ folder of YAML files.
+SCHEMAS: dict[str, str] = {name: s.schema for name, s in STAGES.items() if s.schema}
 
 
 def schema_for(stage: str) -> type:
     if stage not in SCHEMAS:
-        raise KeyError(
-            f"no config schema registered for stage {stage!r} (known: {', '.join(sorted(SCHEMAS))}); add it to jobs/stages.py"
-        )
+        known = ", ".join(sorted(SCHEMAS))
+        raise KeyError(f"no config schema registered for stage {stage!r} (known: {known}); add it to jobs/stages.py")
     module, _, name = SCHEMAS[stage].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def entry_point(stage: str):
+    """The stage's `main(argv) -> int`."""
+    return importlib.import_module(STAGES[stage].module).main

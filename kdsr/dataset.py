@@ -22,11 +22,13 @@ from pathlib import Path
 
 import polars as pl
 
+from kdsr.errors import KdsrError
+
 SPLITS = ("train", "valid", "test")
 IMAGE_COLUMN = "image"  # items.parquet column written from a source's image_field
 
 
-class DatasetError(ValueError):
+class DatasetError(KdsrError, ValueError):
     """A prepared dataset folder that is missing or malformed."""
 
 

@@ -12,6 +12,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,6 @@ def run_stage(
     except (KdsrError, FileNotFoundError) as e:
         print(f"kdsr {name}: error: {e}", file=sys.stderr)
         return 1
-    if summary is not None:
+    if summary is not None and os.environ.get("RANK", "0") in ("", "0"):  # one summary under accelerate launch
         print(json.dumps(summary, default=str))
     return 0

@@ -13,6 +13,21 @@ import sys
 FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (pytest's capture, a redirected stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int | str | None = None) -> None:
     """Idempotent: a second call (the pipeline running stages in-process) changes nothing."""
     root = logging.getLogger()
@@ -22,10 +37,10 @@ def setup_logging(level: int | str | None = None) -> None:
         level = os.environ.get("KDSR_LOG_LEVEL", "INFO")
         if int(os.environ.get("RANK", "0") or 0) != 0:
             level = "WARNING"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "urllib3", "filelock", "numcodecs", "asyncio"):
+    for noisy in ("httpx", "urllib3", "filelock", "numcodecs", "asyncio", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root._kdsr_configured = True  # type: ignore[attr-defined]

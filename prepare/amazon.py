@@ -1,11 +1,14 @@
 """Amazon review dumps as users download them (McAuley lab), and `--download` from the official URLs.
 
     2014  reviews_<Cat>.json.gz      strict JSON lines: reviewerID, asin, overall, unixReviewTime (s)
-          meta_<Cat>.json.gz         Python-literal dicts (single quotes), not JSON: asin, title, description, brand, categories
+          meta_<Cat>.json.gz         Python-literal dicts (single quotes), not JSON: asin, title, description,
+                                     brand, categories
     2018  <Cat>.json.gz              JSON lines: reviewerID, asin, overall, unixReviewTime (s)
-          meta_<Cat>.json.gz         JSON lines: asin, title, description [list], feature [list], brand, category [list]
+          meta_<Cat>.json.gz         JSON lines: asin, title, description [list], feature [list], brand,
+                                     category [list]
     2023  <Cat>.jsonl.gz             JSON lines: user_id, parent_asin, asin, rating, timestamp (ms)
-          meta_<Cat>.jsonl.gz        JSON lines: parent_asin, title, description [list], features [list], store, categories
+          meta_<Cat>.jsonl.gz        JSON lines: parent_asin, title, description [list], features [list], store,
+                                     categories
 
 2023 items are keyed by parent_asin (product, not variant), as the 2023 benchmark does; its timestamps stay
 in milliseconds. Reviews are read by polars (fast); only on a parse error are lines scanned in Python to
@@ -19,6 +22,7 @@ import concurrent.futures
 import gzip
 import io
 import json
+import logging
 import shutil
 import socket
 import urllib.parse
@@ -28,8 +32,11 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.dataset import IMAGE_COLUMN
+from kdsr.errors import KdsrError
 from prepare.config import AmazonSource
 from prepare.readers import InputError, Raw, text_column
+
+log = logging.getLogger(__name__)
 
 # version -> (base URL, reviews file pattern, meta file pattern); the pages that list categories:
 # 2014 https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html
@@ -60,7 +67,7 @@ REVIEW_KEYS = {
 META_KEY = {"2014": "asin", "2018": "asin", "2023": "parent_asin"}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(KdsrError):
     """The official files cannot be fetched (offline, unknown category, server error)."""
 
 
@@ -96,6 +103,7 @@ def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = Non
     for kind, url in urls.items():
         dest = paths[kind]
         if dest.exists():
+            log.info("%s: %s (already there)", kind, dest)
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
@@ -108,6 +116,7 @@ def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = Non
                 f"cannot download {url}: {e} (is {src.category!r} a {src.version} category name?)"
             ) from None
         part.rename(dest)
+        log.info("%s: %s (downloaded from %s)", kind, dest, url)
     return paths
 
 
@@ -219,7 +228,8 @@ def read_json_lines(path: Path, schema: dict, bad_rows: str) -> tuple[pl.DataFra
 def read_meta(
     path: Path, version: str, text_fields: list[str], bad_rows: str, image_field: str | None = None
 ) -> tuple[pl.DataFrame, int, int]:
-    """Item key + text fields [+ image URL] from a metadata file. Returns (items, malformed lines skipped, lines read)."""
+    """Item key + text fields [+ image URL] from a metadata file.
+    Returns (items, malformed lines skipped, lines read)."""
     key = META_KEY[version]
     parse = _literal if version == "2014" else json.loads
     rows: dict[str, list] = {"item": [], **{f: [] for f in text_fields}}

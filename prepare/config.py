@@ -1,7 +1,7 @@
 """The typed `kdsr prepare` config: exactly one source section, then filters, bad-input policy and split.
 
-Defaults follow the field's standard protocol (DESIGN.md section 4): 5-core, items must have text,
-leave-one-out. Bad input is an error unless a policy here says to skip it (then it is counted).
+Defaults follow the field's standard protocol (docs/METHOD.md, "Evaluation protocol"): 5-core, items must
+have text, leave-one-out. Bad input is an error unless a policy here says to skip it (then it is counted).
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class PrepareConfig(Config):
         image_field = getattr(self.source, "image_field", None)
         if image_field and IMAGE_COLUMN in getattr(self.source, "text_fields", []):
             raise ValueError(
-                f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; rename or drop it"
+                f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; "
+                "rename or drop it"
             )
         if self.amazon is not None and self.amazon.reviews is None and self.amazon.category is None:
             raise ValueError("amazon: set reviews (a path) or category (files under download_dir)")

@@ -15,7 +15,8 @@ def drop_missing(raw: Raw, policy: str) -> int:
         row = bad.row(0, named=True)
         empty = [c for c in ("user", "item", "timestamp") if row[c] is None]
         raise InputError(
-            f"{raw.where(row['record'])}: missing {', '.join(empty)} ({bad.height} such rows; policy.bad_rows: skip counts them)"
+            f"{raw.where(row['record'])}: missing {', '.join(empty)} "
+            f"({bad.height} such rows; policy.bad_rows: skip counts them)"
         )
     raw.interactions = raw.interactions.drop_nulls(["user", "item", "timestamp"])
     return bad.height
@@ -64,7 +65,8 @@ def drop_unknown_items(raw: Raw, policy: str) -> int:
         row = unknown.sort("record").row(0, named=True)
         raise InputError(
             f"{raw.where(row['record'])}: item {row['item']!r} is not in the items table {raw.items_file} "
-            f"({unknown.height} such interactions, {unknown['item'].n_unique()} items; policy.unknown_items: drop counts them)"
+            f"({unknown.height} such interactions, {unknown['item'].n_unique()} items; "
+            "policy.unknown_items: drop counts them)"
         )
     raw.interactions = raw.interactions.join(raw.items.select("item"), on="item", how="semi", maintain_order="left")
     return unknown.height

@@ -13,10 +13,11 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.dataset import IMAGE_COLUMN
+from kdsr.errors import KdsrError
 from prepare.config import Columns, TableSource
 
 
-class InputError(ValueError):
+class InputError(KdsrError, ValueError):
     """Bad input data; the message names the file and the row or column."""
 
 
@@ -137,7 +138,8 @@ def _require(df: pl.DataFrame, cols: list[str], file: str, what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise InputError(
-            f"{file}: missing {what} column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (columns: {', '.join(df.columns)})"
+            f"{file}: missing {what} column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(df.columns)})"
         )
 
 

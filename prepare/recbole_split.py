@@ -18,6 +18,7 @@ from prepare.readers import InputError, Raw, read_atomic
 
 
 def read_recbole_split(src: RecboleSplitSource) -> Raw:
+    """The split files as interactions with their given split; every history is checked against the rebuild."""
     folder = Path(src.path)
     if not folder.is_dir():
         raise InputError(f"{folder}: recbole_split folder not found")
@@ -40,6 +41,38 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
     train, valid, test = (
         _read_histories(files[f"{k}.inter"], len(item_index), len(user_index)) for k in ("train", "valid", "test")
     )
+    _check_one_row_per_user(valid, test, files)
+    seqs = _rebuild(train, valid, test)
+    _verify(seqs, train, valid, test, files)
+    inter = _interactions(seqs, user_index, item_index)
+    item_text = items.select(pl.col("original").alias("item"), pl.col("text").alias(src.text_field))
+    raw = Raw(
+        inter,
+        item_text,
+        [src.text_field],
+        {"format": "recbole_split", **{k: str(v) for k, v in files.items()}},
+        inter_file=str(files["train.inter"]),
+        items_file=str(files["text"]),
+        line_offset=None,
+        read={"interactions": inter.height, "items": item_text.height},
+        given_split=True,
+        item_order=items["original"].to_list(),
+        user_order=user_index.sort("index")["original"].to_list(),
+        notes=[
+            "split kept exactly as given by the train/valid/test files",
+            "no timestamps in the source: timestamp = position in the user's rebuilt sequence",
+        ],
+        timestamp_unit="position",
+    )
+    unused = text.join(item_index, left_on="item", right_on="original", how="anti").height
+    if unused:
+        raw.dropped["items.not_in_item2index"] = unused
+        raw.read["items"] += unused
+    return raw
+
+
+def _check_one_row_per_user(valid: pl.DataFrame, test: pl.DataFrame, files: dict[str, Path]) -> None:
+    """valid and test hold exactly one row per user, for the same users."""
     for df, path in ((valid, files["valid.inter"]), (test, files["test.inter"])):
         dup = df.filter(pl.col("user").is_duplicated())
         if dup.height:
@@ -49,9 +82,9 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
     if set(valid["user"]) != set(test["user"]):
         raise InputError(f"{files['valid.inter']} and {files['test.inter']} hold different users")
 
-    seqs = _rebuild(train, valid, test)
-    _verify(seqs, train, valid, test, files)
 
+def _interactions(seqs: pl.DataFrame, user_index: pl.DataFrame, item_index: pl.DataFrame) -> pl.DataFrame:
+    """One row per (user, position) of the rebuilt sequences with original IDs; the last two are valid, test."""
     inter = (
         seqs.select("user", "seq")
         .explode("seq")
@@ -78,30 +111,7 @@ def read_recbole_split(src: RecboleSplitSource) -> Raw:
         .select(pl.col("u").alias("user"), pl.col("i").alias("item"), "timestamp", "record", "split")
         .sort("record")
     )
-    item_text = items.select(pl.col("original").alias("item"), pl.col("text").alias(src.text_field))
-    raw = Raw(
-        inter,
-        item_text,
-        [src.text_field],
-        {"format": "recbole_split", **{k: str(v) for k, v in files.items()}},
-        inter_file=str(files["train.inter"]),
-        items_file=str(files["text"]),
-        line_offset=None,
-        read={"interactions": inter.height, "items": item_text.height},
-        given_split=True,
-        item_order=items["original"].to_list(),
-        user_order=user_index.sort("index")["original"].to_list(),
-        notes=[
-            "split kept exactly as given by the train/valid/test files",
-            "no timestamps in the source: timestamp = position in the user's rebuilt sequence",
-        ],
-        timestamp_unit="position",
-    )
-    unused = text.join(item_index, left_on="item", right_on="original", how="anti").height
-    if unused:
-        raw.dropped["items.not_in_item2index"] = unused
-        raw.read["items"] += unused
-    return raw
+    return inter
 
 
 def _stem(folder: Path) -> str:
@@ -242,5 +252,6 @@ def _verify(seqs: pl.DataFrame, train: pl.DataFrame, valid: pl.DataFrame, test: 
         if bad.height:
             raise InputError(
                 f"{path} line {bad['line'][0]}: history/target of user index {bad['user'][0]} does not match the "
-                f"sequence rebuilt from the split files ({bad.height} rows disagree); the files are not a consistent split"
+                f"sequence rebuilt from the split files ({bad.height} rows disagree); "
+                "the files are not a consistent split"
             )

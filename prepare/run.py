@@ -1,4 +1,4 @@
-"""`prepare(cfg) -> Path`: read the source, filter, order, split, map IDs, write the dataset folder.
+"""`run_prepare(cfg) -> summary`: read the source, filter, order, split, map IDs, write the dataset folder.
 
 Every interaction read is either in interactions.parquet or counted in stats.json `dropped` under a
 reason, and likewise every item: read - dropped = kept, and the run checks that before writing.
@@ -7,6 +7,7 @@ reason, and likewise every item: read - dropped = kept, and the run checks that 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 from pathlib import Path
@@ -19,6 +20,18 @@ from prepare import filters
 from prepare.config import PrepareConfig
 from prepare.readers import InputError, Raw
 from prepare.split import split
+
+log = logging.getLogger(__name__)
+
+# Interaction drops every run reports, even at 0, in the order the filters run.
+INTERACTION_DROPS = (
+    "interactions.missing_value",
+    "interactions.duplicate",
+    "interactions.unknown_item",
+    "interactions.rating_below_threshold",
+    "interactions.item_without_text",
+    "interactions.kcore",
+)
 
 
 def read_source(cfg: PrepareConfig) -> Raw:
@@ -40,49 +53,35 @@ def read_source(cfg: PrepareConfig) -> Raw:
     return read_huggingface(cfg.huggingface)
 
 
-def prepare(cfg: PrepareConfig) -> Path:
+def run_prepare(cfg: PrepareConfig) -> dict:
+    """Build the dataset folder at cfg.output_dir; log and return its one-line summary."""
     raw = read_source(cfg)
-    inter, stats = process(raw, cfg)
-    return write(cfg, raw, inter, stats)
+    inter, extra = process(raw, cfg)
+    out, stats = write(cfg, raw, inter, extra)
+    for line in summary_lines(stats):
+        log.info("%s", line)
+    keys = ("name", "n_users", "n_items", "n_interactions")
+    return {**{k: stats[k] for k in keys}, "output": str(out)}
+
+
+def summary_lines(stats: dict) -> list[str]:
+    """What a person reads after a run: sizes and protocol, rows per split, and what was dropped."""
+    seq_len = stats["seq_len"]
+    dropped = {k: v for k, v in stats["dropped"].items() if v}
+    return [
+        f"{stats['name']}: {stats['n_users']:,} users, {stats['n_items']:,} items, "
+        f"{stats['n_interactions']:,} interactions (protocol {stats['protocol']}, "
+        f"sequence length mean {seq_len['mean']:.1f}, max {seq_len['max']})",
+        "split: " + ", ".join(f"{k} {v:,}" for k, v in stats["split"].items()),
+        "dropped: " + (", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else "nothing"),
+    ]
 
 
 def process(raw: Raw, cfg: PrepareConfig) -> tuple[pl.DataFrame, dict]:
     """Filters in a fixed order (bad rows, duplicates, unknown items, rating, text, k-core), then order and split."""
-    dropped: dict[str, int] = dict.fromkeys(
-        [
-            "interactions.missing_value",
-            "interactions.duplicate",
-            "interactions.unknown_item",
-            "interactions.rating_below_threshold",
-            "interactions.item_without_text",
-            "interactions.kcore",
-        ],
-        0,
-    )
+    dropped: dict[str, int] = dict.fromkeys(INTERACTION_DROPS, 0)
     dropped.update(raw.dropped)
-    pol, flt = cfg.policy, cfg.filter
-    if flt.require_text and raw.items is None:
-        raise InputError(
-            f"{raw.inter_file}: filter.require_text is true but the source has no items table with text; "
-            "give an items table or set filter.require_text: false"
-        )
-    dropped["interactions.missing_value"] += filters.drop_missing(raw, pol.bad_rows)
-    if raw.items is not None:
-        dropped["items.duplicate"] = filters.dedupe_items(raw, pol.duplicates)
-        dropped["items.never_interacted"] = filters.drop_never_interacted(raw)
-    dropped["interactions.duplicate"] = filters.dedupe_interactions(raw, pol.duplicates)
-    if raw.items is not None:
-        dropped["interactions.unknown_item"] = filters.drop_unknown_items(raw, pol.unknown_items)
-    if flt.rating_threshold is not None:
-        if "rating" not in raw.interactions.columns:
-            raise InputError(f"{raw.inter_file}: filter.rating_threshold needs a rating column, the source has none")
-        raw.interactions, dropped["interactions.rating_below_threshold"] = filters.rating_threshold(
-            raw.interactions, flt.rating_threshold
-        )
-    if flt.require_text:
-        dropped["items.without_text"], dropped["interactions.item_without_text"] = filters.require_text(raw)
-    raw.interactions, dropped["interactions.kcore"], rounds = filters.kcore(raw.interactions, flt.kcore)
-
+    rounds = apply_filters(raw, cfg, dropped)
     # Stable chronological order: equal timestamps keep the order of record.
     inter = raw.interactions.sort(["user", "timestamp", "record"]).with_columns(
         pl.int_range(pl.len(), dtype=pl.Int32).over("user").alias("position")
@@ -98,8 +97,35 @@ def process(raw: Raw, cfg: PrepareConfig) -> tuple[pl.DataFrame, dict]:
     else:
         inter, split_dropped, split_info = split(inter, cfg.split)
     dropped.update(split_dropped)
-    stats = {"kcore_rounds": rounds, "split_details": split_info}
-    return inter, {"dropped": dropped, **stats}
+    return inter, {"dropped": dropped, "kcore_rounds": rounds, "split_details": split_info}
+
+
+def apply_filters(raw: Raw, cfg: PrepareConfig, dropped: dict[str, int]) -> int:
+    """Run the filters on `raw` in place, counting each one's drops into `dropped`; returns the k-core rounds.
+    The order matters: a duplicate or unknown item must be reported before k-core hides it."""
+    policy, filter_cfg = cfg.policy, cfg.filter
+    if filter_cfg.require_text and raw.items is None:
+        raise InputError(
+            f"{raw.inter_file}: filter.require_text is true but the source has no items table with text; "
+            "give an items table or set filter.require_text: false"
+        )
+    dropped["interactions.missing_value"] += filters.drop_missing(raw, policy.bad_rows)
+    if raw.items is not None:
+        dropped["items.duplicate"] = filters.dedupe_items(raw, policy.duplicates)
+        dropped["items.never_interacted"] = filters.drop_never_interacted(raw)
+    dropped["interactions.duplicate"] = filters.dedupe_interactions(raw, policy.duplicates)
+    if raw.items is not None:
+        dropped["interactions.unknown_item"] = filters.drop_unknown_items(raw, policy.unknown_items)
+    if filter_cfg.rating_threshold is not None:
+        if "rating" not in raw.interactions.columns:
+            raise InputError(f"{raw.inter_file}: filter.rating_threshold needs a rating column, the source has none")
+        raw.interactions, dropped["interactions.rating_below_threshold"] = filters.rating_threshold(
+            raw.interactions, filter_cfg.rating_threshold
+        )
+    if filter_cfg.require_text:
+        dropped["items.without_text"], dropped["interactions.item_without_text"] = filters.require_text(raw)
+    raw.interactions, dropped["interactions.kcore"], rounds = filters.kcore(raw.interactions, filter_cfg.kcore)
+    return rounds
 
 
 def _ids(originals: pl.Series, order: list | None, name: str) -> pl.DataFrame:
@@ -115,8 +141,33 @@ def _ids(originals: pl.Series, order: list | None, name: str) -> pl.DataFrame:
     return table.with_row_index(name, offset=1).with_columns(pl.col(name).cast(pl.Int32))
 
 
-def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> Path:
+def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> tuple[Path, dict]:
+    """Map IDs, check the accounting and write the folder; returns (folder, stats.json contents)."""
+    interactions, items, users = id_mapped_tables(raw, inter)
+    dropped = extra.pop("dropped")
+    read_items = raw.read.get("items", items.height)
+    if raw.items is not None:
+        # Catalog items that had interactions but lost all of them to the filters (k-core, rating, split).
+        dropped["items.filtered_out"] = raw.items.height - items.height
+    stats = build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items)
+    _check_accounting(stats)
+
     out = Path(cfg.output_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    items.write_parquet(tmp / "items.parquet")
+    users.write_parquet(tmp / "users.parquet")
+    interactions.write_parquet(tmp / "interactions.parquet")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    save_config(cfg, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a half-written folder never looks like a finished dataset
+    return out, stats
+
+
+def id_mapped_tables(raw: Raw, inter: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(interactions, items, users) with contiguous kdsr IDs; items and users keep their original IDs beside."""
     items_ids = _ids(inter["item"], raw.item_order, "item")
     users_ids = _ids(inter["user"], raw.user_order, "user")
     interactions = (
@@ -142,26 +193,7 @@ def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> Pat
             *([IMAGE_COLUMN] if raw.has_image else []),
         )
     users = users_ids.select("user", pl.col("original").cast(pl.Utf8).alias("original_id"))
-
-    dropped = extra.pop("dropped")
-    read_items = raw.read.get("items", items.height)
-    if raw.items is not None:
-        # Catalog items that had interactions but lost all of them to the filters (k-core, rating, split).
-        dropped["items.filtered_out"] = raw.items.height - items.height
-    stats = build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items)
-    _check_accounting(stats)
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    items.write_parquet(tmp / "items.parquet")
-    users.write_parquet(tmp / "users.parquet")
-    interactions.write_parquet(tmp / "interactions.parquet")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    save_config(cfg, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a half-written folder never looks like a finished dataset
-    return out
+    return interactions, items, users
 
 
 def build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items) -> dict:

@@ -77,7 +77,7 @@ def test_a_few_steps_reduce_the_loss(name, fusion):
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0], losses
     if feats:  # the modality table is trained too, not frozen
-        assert not torch.equal(model.modal["text"].detach(), feats["text"])
+        assert not torch.equal(model.modality_tables["text"].detach(), feats["text"])
 
 
 def test_student_refuses_features_of_the_wrong_size():
@@ -122,7 +122,7 @@ def test_score_items_picks_the_candidates_and_so_which_feature_rows_the_softmax_
     unseen = torch.tensor([i for i in range(1, N + 1) if i not in set(seen.tolist())])
     assert unseen.numel() > 0  # the toy batch leaves some items out
     model(batch)["rec"].backward()
-    grad = model.modal["text"].grad
+    grad = model.modality_tables["text"].grad
     if score_items == "fused":  # every candidate's fused row is in the softmax: every feature row moves
         assert (grad[unseen].abs().sum(1) > 0).all()
     else:  # features reach the loss only through the input rows of the sequences

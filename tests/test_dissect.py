@@ -14,7 +14,7 @@ import torch
 from dissect.codebook import CodebookError, cooccur_pairs, uniform_pairs
 from dissect.config import DissectConfig
 from dissect.facets import FacetError, chunk_facets, clustered_facets, dimension_affinity, facet_quality
-from dissect.run import dissect
+from dissect.run import run_dissect
 from feature_store.store import FeatureStore, StoreError
 from kdsr.config import ConfigError, load_config
 
@@ -51,9 +51,14 @@ def small_cfg(features: str, out: Path, **kw) -> DissectConfig:
     return DissectConfig.model_validate(raw)
 
 
+def dissect(cfg: DissectConfig) -> Path:
+    """Run the stage; the path of the dissection store it wrote."""
+    return Path(run_dissect(cfg)["output"])
+
+
 @pytest.fixture(scope="module")
 def clustered(clip_store, tmp_path_factory) -> Path:
-    return dissect(small_cfg(clip_store, tmp_path_factory.mktemp("d") / "c.zarr"), log=lambda m: None)
+    return dissect(small_cfg(clip_store, tmp_path_factory.mktemp("d") / "c.zarr"))
 
 
 def test_output_is_a_feature_store_with_facets_and_codebook(clip_store, clustered):
@@ -86,17 +91,17 @@ def test_clustered_facets_group_dims_that_covary_more_than_chunks(clustered):
 
 
 def test_chunks_mode_is_the_paper_split(clip_store, tmp_path):
-    out = dissect(small_cfg(clip_store, tmp_path / "k.zarr", facets={"mode": "chunks"}), log=lambda m: None)
+    out = dissect(small_cfg(clip_store, tmp_path / "k.zarr", facets={"mode": "chunks"}))
     facets = np.asarray(FeatureStore.open(out).group["facets"][:])
     assert facets.tolist() == np.repeat(np.arange(8), 16).tolist()
 
 
 def test_same_seed_same_dissection_other_seed_other_codebook(clip_store, clustered, tmp_path):
-    again = FeatureStore.open(dissect(small_cfg(clip_store, tmp_path / "a.zarr"), log=lambda m: None))
+    again = FeatureStore.open(dissect(small_cfg(clip_store, tmp_path / "a.zarr")))
     first = FeatureStore.open(clustered)
     for name in ("embeddings", "facets", "centroids"):
         np.testing.assert_array_equal(first.group[name][:], again.group[name][:])
-    other = FeatureStore.open(dissect(small_cfg(clip_store, tmp_path / "b.zarr", seed=1), log=lambda m: None))
+    other = FeatureStore.open(dissect(small_cfg(clip_store, tmp_path / "b.zarr", seed=1)))
     assert not np.allclose(first.group["centroids"][:], other.group["centroids"][:])
 
 
@@ -120,7 +125,6 @@ def test_autoencoder_and_no_reduction(clip_store, tmp_path):
         small_cfg(
             clip_store, tmp_path / "ae.zarr", reduce={"method": "autoencoder", "dim": 32, "epochs": 1, "min_steps": 300}
         ),
-        log=lambda m: None,
     )
     store = FeatureStore.open(ae)
     x, mask = store.read_all(), store.mask()
@@ -128,7 +132,6 @@ def test_autoencoder_and_no_reduction(clip_store, tmp_path):
     assert store.attrs["dissect"]["reduction"]["final_mse_standardised"] < 1.0  # better than predicting the mean
     raw = dissect(
         small_cfg(clip_store, tmp_path / "raw.zarr", reduce={"method": "none"}, facets={"mode": "chunks"}),
-        log=lambda m: None,
     )
     src = FeatureStore.open(clip_store)
     np.testing.assert_array_equal(FeatureStore.open(raw).read_all(), src.read_all("float32"))
@@ -194,7 +197,7 @@ def test_cooccurring_pairs_from_a_prepared_dataset(data_dir, clip_store, tmp_pat
         dataset=str(ds),
         codebook={"random_pairs": 5000, "cooccur_pairs": 5000, "n_init": 1},
     )
-    meta = FeatureStore.open(dissect(cfg, log=lambda m: None)).attrs["dissect"]["codebook"]
+    meta = FeatureStore.open(dissect(cfg)).attrs["dissect"]["codebook"]
     dropped = meta["dropped"]
     assert meta["pairs"]["random"] == 5000
     assert meta["pairs"]["cooccur"] + dropped["cooccur_same_item"] + dropped["cooccur_unusable_item"] == 5000
@@ -207,26 +210,25 @@ def test_item_order_mismatch_with_dataset_is_refused(data_dir, clip_store, tmp_p
     items = pl.read_parquet(ds / "items.parquet")
     items.with_columns(pl.col("original_id").reverse()).write_parquet(ds / "items.parquet")
     with pytest.raises(StoreError, match="item order differs"):
-        dissect(small_cfg(clip_store, tmp_path / "x.zarr", dataset=str(ds)), log=lambda m: None)
+        dissect(small_cfg(clip_store, tmp_path / "x.zarr", dataset=str(ds)))
 
 
 def test_bad_input_gives_clear_errors(clip_store, tmp_path):
     with pytest.raises(StoreError, match="no feature store here"):
-        dissect(small_cfg(str(tmp_path / "missing.zarr"), tmp_path / "o.zarr"), log=lambda m: None)
+        dissect(small_cfg(str(tmp_path / "missing.zarr"), tmp_path / "o.zarr"))
     with pytest.raises(FacetError, match="divisible by n_facets: 120 % 7 = 1"):
         dissect(
             small_cfg(clip_store, tmp_path / "o.zarr", reduce={"dim": 120}, facets={"mode": "chunks", "n_facets": 7}),
-            log=lambda m: None,
         )
     with pytest.raises(FacetError, match="n_facets=200 is larger than the feature dim 128"):
-        dissect(small_cfg(clip_store, tmp_path / "o.zarr", facets={"n_facets": 200}), log=lambda m: None)
+        dissect(small_cfg(clip_store, tmp_path / "o.zarr", facets={"n_facets": 200}))
     with pytest.raises(CodebookError, match="n_codes=50 is larger than the 10 pairs"):
-        dissect(small_cfg(clip_store, tmp_path / "o.zarr", codebook={"random_pairs": 10}), log=lambda m: None)
+        dissect(small_cfg(clip_store, tmp_path / "o.zarr", codebook={"random_pairs": 10}))
     with pytest.raises(StoreError, match="reduce.dim=1024"):
-        dissect(small_cfg(clip_store, tmp_path / "o.zarr", reduce={"dim": 1024}), log=lambda m: None)
+        dissect(small_cfg(clip_store, tmp_path / "o.zarr", reduce={"dim": 1024}))
     assert not (tmp_path / "o.zarr").exists()  # all refused before writing anything
     with pytest.raises(StoreError, match="must not be the input"):
-        dissect(small_cfg(clip_store, Path(clip_store)), log=lambda m: None)
+        dissect(small_cfg(clip_store, Path(clip_store)))
 
 
 def test_cli_reports_errors_and_writes_the_store(clip_store, tmp_path, capsys):
@@ -239,7 +241,8 @@ def test_cli_reports_errors_and_writes_the_store(clip_store, tmp_path, capsys):
     assert main(["dissect", str(cfg), "facets.mode=chunks", "facets.n_facets=3"]) == 1
     assert "divisible" in capsys.readouterr().err
     assert main(["dissect", str(cfg), "codebook.n_codes=8"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["output"] == str(tmp_path / "cli.zarr") and summary["n_codes"] == 8
     assert FeatureStore.open(tmp_path / "cli.zarr").group["centroids"].shape == (8, 8)
     assert main(["dissect", str(cfg), "codebook.n_codes=8", "overwrite=false"]) == 1  # refused before any work
     assert "already exists; set overwrite=true" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     path.write_text(yaml.safe_dump(cfg))
 
     assert kdsr(["pipeline", str(path)]) == 0
-    first = capsys.readouterr().out
+    first = capsys.readouterr().err
     assert "cached" not in first
     report = (out / "report.md").read_text()
     assert "| ID only |" in report and "| distilled |" in report
@@ -53,17 +53,17 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     assert kd_cfg["modalities"][0]["features"] == str(tmp_path / "minilm.dissect.zarr")
 
     assert kdsr(["pipeline", str(path)]) == 0
-    second = capsys.readouterr().out
+    second = capsys.readouterr().err
     for stage in ("prepare", "encode", "dissect", "train:ID only", "train:distilled"):
-        assert f"[pipeline] {stage}: cached" in second
+        assert f"jobs.pipeline: {stage}: cached" in second
 
     # a new dissection re-runs what reads it, from scratch (never resuming the old checkpoint), and only that
     cfg["dissect"]["overrides"].append("seed=1")
     path.write_text(yaml.safe_dump(cfg))
     assert kdsr(["pipeline", str(path)]) == 0
-    third = capsys.readouterr().out
+    third = capsys.readouterr().err
     for stage in ("prepare", "encode", "train:ID only"):
-        assert f"[pipeline] {stage}: cached" in third
+        assert f"jobs.pipeline: {stage}: cached" in third
     for stage in ("dissect", "train:distilled"):
-        assert f"[pipeline] {stage}: running" in third
+        assert f"jobs.pipeline: {stage}: running" in third
     assert "resumed from" not in third

@@ -14,14 +14,14 @@ from kdsr.dataset import PreparedDataset
 from kdsr.paths import REPO_ROOT
 from prepare.config import PrepareConfig
 from prepare.readers import InputError
-from prepare.run import prepare
+from prepare.run import run_prepare
 
 CONFIGS = REPO_ROOT / "configs" / "prepare"
 
 
 def run_config(name: str, out: Path, *overrides: str) -> PreparedDataset:
     cfg = load_config(PrepareConfig, CONFIGS / f"{name}.yaml", [f"output_dir={out}", *overrides])
-    return PreparedDataset.open(prepare(cfg))
+    return PreparedDataset.open(run_prepare(cfg)["output"])
 
 
 @pytest.fixture(scope="module")
@@ -289,12 +289,11 @@ def test_cli_prints_summary_and_writes_outputs(data_dir, tmp_path, capsys):
     from jobs.cli import main
 
     assert main(["prepare", str(CONFIGS / "scientific-mm.yaml"), f"output_dir={tmp_path / 'out'}"]) == 0
-    out = capsys.readouterr().out
-    assert (
-        "2,928 users, 1,585 items, 19,712 interactions" in out
-        and "dropped: nothing" in out
-        and str(tmp_path / "out") in out
-    )
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["output"] == str(tmp_path / "out")
+    assert (summary["n_users"], summary["n_items"], summary["n_interactions"]) == (2928, 1585, 19712)
+    assert "2,928 users, 1,585 items, 19,712 interactions" in captured.err and "dropped: nothing" in captured.err
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["split"]["test"] == 2928
     saved = load_config(PrepareConfig, tmp_path / "out" / "config.yaml")
@@ -307,8 +306,9 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"name: x\noutput_dir: {tmp_path / 'o'}\ntable:\n  interactions: {tmp_path / 'nope.parquet'}\n")
     assert main([str(cfg)]) == 1
-    assert "nope.parquet: file not found" in capsys.readouterr().err
-    assert main([str(cfg), "filter.kcoer=1"]) == 1
+    err = capsys.readouterr().err
+    assert "nope.parquet: file not found" in err and "Traceback" not in err
+    assert main([str(cfg), "filter.kcoer=1"]) == 2  # a bad config
     assert "unknown key 'filter.kcoer'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

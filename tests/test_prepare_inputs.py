@@ -16,7 +16,7 @@ from kdsr.dataset import PreparedDataset
 from prepare.amazon import DownloadError, download, official_urls
 from prepare.config import AmazonSource, PrepareConfig
 from prepare.readers import InputError
-from prepare.run import prepare
+from prepare.run import run_prepare
 
 
 def config(tmp_path: Path, **sections) -> PrepareConfig:
@@ -25,7 +25,7 @@ def config(tmp_path: Path, **sections) -> PrepareConfig:
 
 
 def run(tmp_path: Path, **sections) -> PreparedDataset:
-    return PreparedDataset.open(prepare(config(tmp_path, **sections)))
+    return PreparedDataset.open(run_prepare(config(tmp_path, **sections))["output"])
 
 
 def write_lines(path: Path, lines: list[str], gz: bool = False) -> Path:
@@ -213,14 +213,14 @@ def test_amazon_malformed_lines_error_or_count(tmp_path):
     write_lines(reviews, lines[:4] + ['{"reviewerID": "u9", "asin": '] + lines[4:])
     src = {"version": "2018", "reviews": str(reviews), "meta": str(meta)}
     with pytest.raises(InputError, match=r"Beauty\.json line 5: malformed JSON"):
-        prepare(config(tmp_path, amazon=src))
+        run_prepare(config(tmp_path, amazon=src))
     ds = run(tmp_path, amazon=src, policy={"bad_rows": "skip"})
     assert ds.stats["dropped"]["interactions.malformed_line"] == 1 and ds.stats["n_interactions"] == 9
 
     write_lines(reviews, lines)
     write_lines(meta, meta.read_text().splitlines() + ["{'asin': 'E', 'title': 'Python literal in 2018'}"])
     with pytest.raises(InputError, match=r"meta_Beauty\.json line 5: malformed metadata, not JSON"):
-        prepare(config(tmp_path, amazon=src))
+        run_prepare(config(tmp_path, amazon=src))
     ds = run(tmp_path, amazon=src, policy={"bad_rows": "skip"})
     assert ds.stats["dropped"]["items.malformed_line"] == 1
 
@@ -229,7 +229,7 @@ def test_amazon_2014_meta_is_parsed_safely(tmp_path):
     reviews, meta = amazon_files(tmp_path, "2014", gz=False)
     write_lines(meta, meta.read_text().splitlines() + ["__import__('os').system('echo pwned')"])
     with pytest.raises(InputError, match="line 5: malformed metadata, not a Python dict literal"):
-        prepare(config(tmp_path, amazon={"version": "2014", "reviews": str(reviews), "meta": str(meta)}))
+        run_prepare(config(tmp_path, amazon={"version": "2014", "reviews": str(reviews), "meta": str(meta)}))
 
 
 def test_amazon_duplicate_reviews_and_meta(tmp_path):
@@ -238,7 +238,7 @@ def test_amazon_duplicate_reviews_and_meta(tmp_path):
     write_lines(meta, meta.read_text().splitlines() + meta.read_text().splitlines()[:1])
     src = {"version": "2023", "reviews": str(reviews), "meta": str(meta)}
     with pytest.raises(InputError, match=r"meta_All_Beauty\.jsonl line 5: duplicate item ID 'A'"):
-        prepare(config(tmp_path, amazon=src))
+        run_prepare(config(tmp_path, amazon=src))
     ds = run(tmp_path, amazon=src, policy={"duplicates": "drop"})
     assert ds.stats["dropped"]["interactions.duplicate"] == 9 and ds.stats["dropped"]["items.duplicate"] == 1
     assert ds.stats["n_interactions"] == 9
@@ -251,7 +251,7 @@ def test_amazon_missing_files_point_to_download(tmp_path):
     with pytest.raises(
         InputError, match=r"dl/2018/Luxury_Beauty\.json\.gz: reviews file not found; run .*--download Luxury_Beauty"
     ):
-        prepare(cfg)
+        run_prepare(cfg)
 
 
 def test_official_urls():
@@ -282,13 +282,14 @@ def test_cli_download_offline_and_on_a_non_amazon_config(tmp_path, monkeypatch, 
     monkeypatch.setitem(amazon.URLS, "2023", ("http://127.0.0.1:9/", "{}.jsonl.gz", "meta_{}.jsonl.gz"))
     cfg = tmp_path / "a.yaml"
     cfg.write_text(
-        f"name: a\noutput_dir: {tmp_path / 'o'}\namazon:\n  version: '2023'\n  reviews: x.jsonl\n  download_dir: {tmp_path / 'dl'}\n"
+        f"name: a\noutput_dir: {tmp_path / 'o'}\namazon:\n  version: '2023'\n  reviews: x.jsonl\n"
+        f"  download_dir: {tmp_path / 'dl'}\n"
     )
     assert main([str(cfg), "--download", "All_Beauty"]) == 1
     assert "cannot reach 127.0.0.1:9" in capsys.readouterr().err
     other = tmp_path / "b.yaml"
     other.write_text("name: b\noutput_dir: o\ntable:\n  interactions: x.csv\n")
-    assert main([str(other), "--download", "All_Beauty"]) == 1
+    assert main([str(other), "--download", "All_Beauty"]) == 2  # bad usage
     assert "--download needs an `amazon:` source" in capsys.readouterr().err
 
 
@@ -319,7 +320,7 @@ def test_huggingface_local_folder(tmp_path, data_dir):
     assert ds.interactions.equals(table.interactions) and ds.items.equals(table.items)
     assert ds.stats["dropped"]["interactions.kcore"] > 0 and ds.stats["dropped"]["items.never_interacted"] > 0
     with pytest.raises(InputError, match="no split 'train'"):
-        prepare(
+        run_prepare(
             config(tmp_path, huggingface={**hf, "interactions": {"path": hf["interactions"]["path"], "split": "train"}})
         )
 
@@ -327,7 +328,7 @@ def test_huggingface_local_folder(tmp_path, data_dir):
 def test_huggingface_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="no-such-user/no-such-dataset: cannot load Hugging Face dataset"):
-        prepare(
+        run_prepare(
             config(
                 tmp_path,
                 huggingface={"interactions": {"path": "no-such-user/no-such-dataset"}},
@@ -400,47 +401,49 @@ def test_table_image_column_is_kept_and_not_text(tmp_path):
     assert ds.item_original_ids() == ["10", "11"] and ds.items["image"].to_list() == ["img/10.jpg", None]
     assert ds.text_fields() == ["name", "desc"] and ds.stats["dropped"]["items.without_text"] == 1
     with pytest.raises(InputError, match=r"items\.csv: missing items column 'pic'"):
-        prepare(config(tmp_path, table=table(tmp_path, items=items, image_field="pic")))
+        run_prepare(config(tmp_path, table=table(tmp_path, items=items, image_field="pic")))
     with pytest.raises(ValueError, match="text_fields has 'image'"):
         config(tmp_path, table=table(tmp_path, image_field="photo", text_fields=["image"]))
 
 
 def test_missing_column(tmp_path):
     with pytest.raises(InputError, match=r"inter\.csv: missing interactions column 'ts'"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=INTER.replace("ts", "time"))))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=INTER.replace("ts", "time"))))
     with pytest.raises(InputError, match=r"items\.csv: missing items column 'desc'"):
-        prepare(config(tmp_path, table=table(tmp_path, items="iid,name\n10,a\n")))
+        run_prepare(config(tmp_path, table=table(tmp_path, items="iid,name\n10,a\n")))
 
 
 def test_non_integer_ids_and_numbers(tmp_path):
     bad = INTER.replace("8,12,2,1", "8,x12,2,1")
     with pytest.raises(InputError, match=r"inter\.csv line 6: column 'iid' value 'x12' is not an integer"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=bad, columns={**COLUMNS, "integer_ids": True})))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=bad, columns={**COLUMNS, "integer_ids": True})))
     with pytest.raises(InputError, match=r"inter\.csv line 3: column 'ts' value 'noon' is not a number"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=INTER.replace("007,11,5,5", "007,11,noon,5"))))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=INTER.replace("007,11,5,5", "007,11,noon,5"))))
 
 
 def test_unreadable_files(tmp_path):
     garbage = tmp_path / "inter.parquet"
     garbage.write_bytes(b"this is not parquet")
     with pytest.raises(InputError, match=r"inter\.parquet: cannot read as parquet"):
-        prepare(config(tmp_path, table={"interactions": str(garbage)}, filter={"require_text": False}))
+        run_prepare(config(tmp_path, table={"interactions": str(garbage)}, filter={"require_text": False}))
     with pytest.raises(InputError, match=r"nope\.csv: file not found"):
-        prepare(config(tmp_path, table={"interactions": str(tmp_path / "nope.csv")}, filter={"require_text": False}))
+        run_prepare(
+            config(tmp_path, table={"interactions": str(tmp_path / "nope.csv")}, filter={"require_text": False})
+        )
     with pytest.raises(InputError, match="cannot tell the format"):
-        prepare(
+        run_prepare(
             config(tmp_path, table={"interactions": str(garbage.with_suffix(".xls"))}, filter={"require_text": False})
         )
     atomic = tmp_path / "x.inter"
     atomic.write_text("user_id\titem_id:token\n1\t2\n")
     with pytest.raises(InputError, match=r"x\.inter: header field 'user_id' is not of the form name:"):
-        prepare(config(tmp_path, table={"interactions": str(atomic)}, filter={"require_text": False}))
+        run_prepare(config(tmp_path, table={"interactions": str(atomic)}, filter={"require_text": False}))
 
 
 def test_unknown_items(tmp_path):
     inter = INTER + "8,99,4,5\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: item '99' is not in the items table .*items\.csv"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
     ds = run(
         tmp_path,
         table=table(tmp_path, inter=inter),
@@ -453,7 +456,7 @@ def test_unknown_items(tmp_path):
 def test_duplicate_rows(tmp_path):
     inter = INTER + "8,11,3,4\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: duplicate interaction user='8' item='11' timestamp=3"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
     ds = run(
         tmp_path,
         table=table(tmp_path, inter=inter),
@@ -462,13 +465,13 @@ def test_duplicate_rows(tmp_path):
     )
     assert ds.stats["dropped"]["interactions.duplicate"] == 1 and ds.stats["n_interactions"] == 6
     with pytest.raises(InputError, match=r"items\.csv line 6: duplicate item ID '10'"):
-        prepare(config(tmp_path, table=table(tmp_path, items=ITEMS + "10,again,\n")))
+        run_prepare(config(tmp_path, table=table(tmp_path, items=ITEMS + "10,again,\n")))
 
 
 def test_missing_values(tmp_path):
     inter = INTER + "8,,7,5\n"
     with pytest.raises(InputError, match=r"inter\.csv line 8: missing item"):
-        prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
+        run_prepare(config(tmp_path, table=table(tmp_path, inter=inter)))
     ds = run(
         tmp_path,
         table=table(tmp_path, inter=inter),
@@ -480,7 +483,7 @@ def test_missing_values(tmp_path):
 
 def test_require_text_needs_items(tmp_path):
     with pytest.raises(InputError, match="require_text is true but the source has no items table"):
-        prepare(config(tmp_path, table={"interactions": csv(tmp_path, "i.csv", INTER), "columns": COLUMNS}))
+        run_prepare(config(tmp_path, table={"interactions": csv(tmp_path, "i.csv", INTER), "columns": COLUMNS}))
 
 
 def test_stable_order_of_equal_timestamps(tmp_path):
@@ -521,21 +524,21 @@ def test_tiny_split_files_round_trip(tmp_path):
 def test_bad_split_files(tmp_path):
     d = split_files(tmp_path, test_target="x")
     with pytest.raises(InputError, match=r"X\.test\.inter line 2: item_id 'x' is not an integer index"):
-        prepare(config(tmp_path, recbole_split={"path": str(d)}))
+        run_prepare(config(tmp_path, recbole_split={"path": str(d)}))
     d = split_files(tmp_path)
     (d / "X.valid.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1 2\t3\n1\t3 2\t1\n")
     with pytest.raises(InputError, match=r"X\.valid\.inter line 3: history/target of user index 1 does not match"):
-        prepare(config(tmp_path, recbole_split={"path": str(d)}))
+        run_prepare(config(tmp_path, recbole_split={"path": str(d)}))
     (d / "X.item2index").write_text("A\t0\nB\t1\nC\t2\nD\tfour\n")
     with pytest.raises(InputError, match=r"X\.item2index line 4: index 'four' is not an integer"):
-        prepare(config(tmp_path, recbole_split={"path": str(d)}))
+        run_prepare(config(tmp_path, recbole_split={"path": str(d)}))
     (d / "X.text").unlink()
     with pytest.raises(InputError, match=r"X\.text: file not found"):
-        prepare(config(tmp_path, recbole_split={"path": str(d)}))
+        run_prepare(config(tmp_path, recbole_split={"path": str(d)}))
 
 
 def test_corrupt_gzip_dump(tmp_path):
     reviews, meta = amazon_files(tmp_path, "2018")
     reviews.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
     with pytest.raises(InputError, match=r"Beauty\.json\.gz: cannot read"):
-        prepare(config(tmp_path, amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)}))
+        run_prepare(config(tmp_path, amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)}))

@@ -1,11 +1,10 @@
-"""The feature store's reader/writer contract as the encoder and trainer use it, plus the datasets export."""
+"""The feature store's reader/writer contract as the encoder and trainer use it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from feature_store.export import to_hf_dataset
 from feature_store.store import FeatureStore, StoreError
 
 IDS = [f"B{i:04d}" for i in range(10)]
@@ -36,7 +35,6 @@ def test_roundtrip_rows_mask_errors_and_provenance(tmp_path):
     assert again.mask().tolist() == [True] * 5 + [False] + [True] * 4
     assert again.errors() == [(5, "unreadable image x.jpg")]
     assert again.attrs["model"] == "m" and again.attrs["shard_size"] == 4 and "created" in again.attrs
-    assert [s for s, _ in again.iter_blocks()] == [0, 4, 8]
     with pytest.raises(StoreError, match="out of range"):
         again.read_rows([10])
 
@@ -81,24 +79,3 @@ def test_url_store_through_fsspec():
 def test_open_errors_name_the_path(tmp_path):
     with pytest.raises(StoreError, match="no feature store here"):
         FeatureStore.open(tmp_path / "nope")
-
-
-def test_export_to_hf_dataset(tmp_path):
-    store, data = _filled(tmp_path / "s")
-    ds = to_hf_dataset(store, cache_dir=tmp_path / "cache")
-    assert ds.num_rows == 10 and ds["item_id"] == IDS
-    np.testing.assert_allclose(np.asarray(ds["embedding"], np.float32), data)
-    assert ds["mask"] == store.mask().tolist()
-    assert '"model": "m"' in ds.info.description
-
-
-def test_export_refuses_an_incomplete_store_and_tracks_changes(tmp_path):
-    store = FeatureStore.create(tmp_path / "part", IDS, 3, shard_size=4)
-    store.write_shard(0, np.ones((4, 3), np.float32))
-    with pytest.raises(StoreError, match="2 shards are not written yet"):
-        to_hf_dataset(store, cache_dir=tmp_path / "cache")
-    full, _ = _filled(tmp_path / "s")
-    first = to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint
-    assert to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint == first  # same store: same cache entry
-    full.update_attrs(encode_runs=[{"items": 10}])
-    assert to_hf_dataset(full, cache_dir=tmp_path / "cache")._fingerprint != first

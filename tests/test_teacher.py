@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dissect.config import DissectConfig
-from dissect.run import dissect
+from dissect.run import run_dissect
 from feature_store.store import FeatureStore, StoreError
 from feature_store.teacher import Teacher
 
@@ -40,7 +40,7 @@ def dissection(data_dir, tmp_path_factory) -> str:
             "codebook": {"n_codes": 12, "random_pairs": 5000, "n_init": 1},
         }
     )
-    return str(dissect(cfg, log=lambda m: None))
+    return run_dissect(cfg)["output"]
 
 
 def brute_force(path: str, seqs: np.ndarray):

@@ -11,14 +11,15 @@ import torch
 from accelerate.state import AcceleratorState
 
 from feature_store.store import FeatureStore, StoreError
-from kdsr.config import ConfigError, load_config
+from jobs import evaluate as evaluate_job
+from jobs import train as train_job
+from kdsr.config import load_config
 from kdsr.paths import REPO_ROOT
 from toydata import synthetic, toy_features
-from trainer import evaluate as evaluate_job
-from trainer import train as train_job
+from trainer import train as recipe_module
 from trainer.config import TrainConfig
-from trainer.optim import build_optimizer, modality_lr
-from trainer.student import Student
+from trainer.optim import build_optimizers, modality_lr
+from trainer.student import DistillHeads, Student
 
 torch.set_num_threads(1)
 
@@ -69,7 +70,7 @@ def run(cfg_path, *overrides):
     return train_job.main([cfg_path, *overrides])
 
 
-def test_training_writes_outputs_and_distils(tmp_path, toy):
+def test_training_writes_outputs_and_distils(tmp_path, toy, capsys):
     cfg = write_cfg(tmp_path, toy, epochs=4, num_workers=1)
     assert run(cfg) == 0
     out = tmp_path / "run"
@@ -93,19 +94,25 @@ def test_training_writes_outputs_and_distils(tmp_path, toy):
     assert list((out / "tb").rglob("events.out.tfevents*"))
     # kdsr evaluate re-evaluates the selected checkpoint and gets the same test numbers
     AcceleratorState._reset_state(True)
+    capsys.readouterr()
     assert evaluate_job.main([str(out)]) == 0
     again = json.loads((out / "evaluate.json").read_text())
     assert again["test"] == pytest.approx(m["test"], abs=1e-6)
+    assert json.loads(capsys.readouterr().out) == again
+    # only the evaluation may be overridden: anything else is a config error naming the override
+    assert evaluate_job.main([str(out), "optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "may be overridden, got optim.lr=0.1" in err and "Traceback" not in err
 
 
 def test_async_parameter_groups_and_schedule(toy):
     cfg = load_config(TrainConfig, write_cfg(toy["root"], toy), ["async_step.milestones=[2,4]"])
     feats = {"text": torch.zeros(41, 16)}
-    model = Student(40, cfg.model, feats, {"text": (True, True)}, {"text": 6}, cfg.distill)
-    opt = build_optimizer(model, cfg)
+    model = Student(40, cfg.model, feats, {"text": DistillHeads(holistic=True, code=True)}, {"text": 6}, cfg.distill)
+    (opt,) = build_optimizers(model, cfg)
     main, slow = opt.param_groups
     assert main["name"] == "main" and slow["name"] == "modality"
-    assert [id(p) for p in slow["params"]] == [id(model.modal["text"])]
+    assert [id(p) for p in slow["params"]] == [id(model.modality_tables["text"])]
     assert len(main["params"]) + 1 == len(list(model.parameters()))
     assert main["lr"] == 0.01 and slow["lr"] == pytest.approx(0.01 / 4)
     assert [modality_lr(cfg, e) for e in range(6)] == pytest.approx([2.5e-3, 2.5e-3, 5e-3, 5e-3, 1e-2, 1e-2])
@@ -115,45 +122,54 @@ def test_async_parameter_groups_and_schedule(toy):
 
 def test_async_rate_is_applied_during_training(tmp_path, toy):
     cfg = write_cfg(tmp_path, toy, epochs=1, max_steps=2)
-    recipe = train_job.TrainRecipe(load_config(TrainConfig, cfg))
+    recipe = recipe_module.TrainRecipe(load_config(TrainConfig, cfg))
     recipe.setup()
-    before = recipe.accelerator.unwrap_model(recipe.model).modal["text"].detach().clone()
+    before = recipe.accelerator.unwrap_model(recipe.model).modality_tables["text"].detach().clone()
     recipe.train()
-    lrs = {g["name"]: g["lr"] for g in recipe.optimizer.param_groups}
+    lrs = {g["name"]: g["lr"] for g in recipe.optimizers[0].param_groups}
     assert lrs == pytest.approx({"main": 1e-2, "modality": 2.5e-3})
-    after = recipe.accelerator.unwrap_model(recipe.model).modal["text"].detach()
+    after = recipe.accelerator.unwrap_model(recipe.model).modality_tables["text"].detach()
     assert not torch.equal(before, after)
     recipe.cleanup()
 
 
-def test_resumed_run_ends_with_the_same_metrics(tmp_path, toy):
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax"])
+def test_resumed_run_ends_with_the_same_metrics(tmp_path, toy, monkeypatch, capsys, loss):
     # 60 windows / batch 8 = 8 steps per epoch; the "killed" run dies at step 5, its last checkpoint is
-    # at step 3 (mid-epoch), so steps 4-5 are redone after the resume.
+    # at step 3 (mid-epoch), so steps 4-5 are redone after the resume (with the same sampled negatives).
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = write_cfg(tmp_path / "a", toy, num_workers=1)
-    b = write_cfg(tmp_path / "b", toy, num_workers=1, checkpoint_every=3)
+    a = write_cfg(tmp_path / "a", toy, num_workers=1, **{"optim.loss": loss})
+    b = write_cfg(tmp_path / "b", toy, num_workers=1, checkpoint_every=3, **{"optim.loss": loss})
     assert run(a) == 0
-    assert run(b, "stop_after=5") == 3
+    capsys.readouterr()
+    monkeypatch.setenv("KDSR_TEST_STOP_AFTER", "5")  # the test hook: a kill after step 5
+    assert run(b) == 0
+    assert json.loads(capsys.readouterr().out)["stopped_at_step"] == 5
+    monkeypatch.delenv("KDSR_TEST_STOP_AFTER")
     state = json.loads((tmp_path / "b" / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
     assert not (tmp_path / "b" / "run" / "metrics.json").exists()
     assert run(b) == 0
     ma = json.loads((tmp_path / "a" / "run" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
-    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    strip = lambda hist: [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in hist]  # noqa: E731
     assert strip(mb["valid_history"]) == strip(ma["valid_history"])
     assert mb["test"] == ma["test"]
 
 
-def test_resume_with_a_different_config_is_refused(tmp_path, toy):
+def test_resume_with_a_different_config_is_refused(tmp_path, toy, capsys):
     cfg = write_cfg(tmp_path, toy, epochs=1, max_steps=1)
     assert run(cfg) == 0
-    with pytest.raises(ConfigError, match="differs from the saved run in: optim"):
-        run(cfg, "optim.lr=0.02")
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["output"] == str(tmp_path / "run") and summary["selected_epoch"] == 0
+    assert set(summary["test"]) == {f"{n}@{k}" for n in ("hr", "ndcg", "mrr") for k in (5, 10, 20)}
+    assert run(cfg, "optim.lr=0.02") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume, config differs from the saved run in: optim" in err and "Traceback" not in err
 
 
-def test_resume_after_the_inputs_were_rebuilt_is_refused(tmp_path, toy):
+def test_resume_after_the_inputs_were_rebuilt_is_refused(tmp_path, toy, capsys):
     feats = toy_features(toy["data"], tmp_path / "feat", seed=0)
     cfg = write_cfg(tmp_path, toy, epochs=1, max_steps=1, modalities=[{"name": "text", "features": str(feats)}])
     assert run(cfg) == 0
@@ -161,21 +177,20 @@ def test_resume_after_the_inputs_were_rebuilt_is_refused(tmp_path, toy):
     assert state["inputs"]["text.dissect.seed"] == 0 and state["inputs"]["dataset.stats_sha256"]
     # the same config, the dissection rebuilt under the same path with another seed
     assert toy_features(toy["data"], tmp_path / "feat", seed=1) == feats
-    with pytest.raises(
-        ConfigError, match=r"cannot resume, inputs differ .* in: .*text\.dissect\.config, text\.dissect\.seed"
-    ):
-        run(cfg)
+    capsys.readouterr()
+    assert run(cfg) == 2
+    assert re.search(
+        r"cannot resume, inputs differ .* in: .*text\.dissect\.config, text\.dissect\.seed", capsys.readouterr().err
+    )
 
 
-def test_a_dataset_without_validation_cases_is_refused(tmp_path):
+def test_a_dataset_without_validation_cases_is_refused(tmp_path, capsys):
     data = synthetic(tmp_path / "data", n_users=20, n_items=30)
     inter = pl.read_parquet(data / "interactions.parquet")  # as a ratio split with valid_ratio 0 leaves it
     inter.with_columns(pl.col("split").replace("valid", "train")).write_parquet(data / "interactions.parquet")
     cfg = write_cfg(tmp_path, {"data": str(data), "features": ""}, modalities=[])
-    with pytest.raises(
-        ConfigError, match=f"model selection needs a validation split: {re.escape(str(data))} has no valid cases"
-    ):
-        train_job.TrainRecipe(load_config(TrainConfig, cfg)).setup()
+    assert run(cfg) == 2
+    assert f"model selection needs a validation split: {data} has no valid cases" in capsys.readouterr().err
 
 
 def test_teacher_targets_in_workers_or_in_the_step_train_identically(tmp_path, toy):
@@ -204,11 +219,11 @@ def test_teacher_targets_in_workers_or_in_the_step_train_identically(tmp_path, t
 def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, threads, procs, expected):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(train_job.os, "sched_getaffinity", lambda pid: set(range(cores)))
-    monkeypatch.setattr(train_job.torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(recipe_module.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(recipe_module.torch, "get_num_threads", lambda: threads)
     cfg = SimpleNamespace(teacher_in_workers=setting, num_workers=workers)
     acc = SimpleNamespace(device=torch.device(device), num_processes=procs)
-    assert train_job.teacher_in_workers(cfg, acc) is expected
+    assert recipe_module.resolve_teacher_placement(cfg, acc) is expected
 
 
 @pytest.mark.parametrize(
@@ -217,6 +232,16 @@ def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, th
         ["model.backbone=bert4rec"],
         ["model.backbone=gru4rec", "optim.loss=bce", "optim.n_negatives=4", "model.fusion=concat"],
         ["distill.holistic=kl", "model.fusion=sum", "eval.exclude_history=true", "eval.sampled_negatives=10"],
+        ["model.backbone=bert4rec", "optim.loss=sampled_softmax", "optim.sampled.n_negatives=16"],
+        [
+            "optim.loss=sampled_softmax",
+            "optim.sampled.popularity_exponent=0.75",
+            "optim.sampled.in_batch=true",
+            "model.score_items=id",
+            "eval.item_chunk=7",
+            "eval.sample_users=20",
+        ],
+        ["optim.loss=sampled_softmax", "optim.sparse_tables=false", "optim.sampled.logq_correction=false"],
     ],
 )
 def test_variants_train(tmp_path, toy, overrides):
@@ -224,7 +249,61 @@ def test_variants_train(tmp_path, toy, overrides):
     assert run(cfg, *overrides) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert all(np.isfinite(v) for v in m["test"].values())
-    assert ("SAMPLED" in m["protocol"]["ranking"]) == any("sampled" in o for o in overrides)
+    assert ("SAMPLED" in m["protocol"]["ranking"]) == any("eval.sampled_negatives" in o for o in overrides)
+
+
+def test_sampled_softmax_step_updates_only_the_rows_it_used(toy):
+    """Sparse item tables: a step leaves the rows it did not look up exactly as they were (a lazy Adam)."""
+    cfg = load_config(TrainConfig, write_cfg(toy["root"], toy), ["optim.loss=sampled_softmax"])
+    model = Student(40, cfg.model, {"text": torch.randn(41, 16)}, {}, {}, cfg.distill, "sampled_softmax", True)
+    opts = build_optimizers(model, cfg)
+    assert [type(o).__name__ for o in opts] == ["Adam", "SparseAdam"]
+    before = model.id_emb.weight.detach().clone(), model.modality_tables["text"].detach().clone()
+    inputs = torch.tensor([[1, 2, 3, 0]])
+    batch = {
+        "inputs": inputs,
+        "targets": torch.tensor([[2, 3, 4, 0]]),
+        "items": inputs,
+        "negative_ids": torch.tensor([5, 6]),
+        "negative_log_q": torch.zeros(2),
+        "target_log_q": torch.zeros(1, 4),
+    }
+    model(batch)["rec"].backward()
+    assert model.id_emb.weight.grad.is_sparse
+    for o in opts:
+        o.step()
+    used = torch.tensor([1, 2, 3, 4, 5, 6])
+    untouched = torch.ones(41, dtype=torch.bool)
+    untouched[used] = False
+    for table, old in zip((model.id_emb.weight, model.modality_tables["text"]), before):
+        assert torch.equal(table[untouched], old[untouched])
+        assert not torch.equal(table[used], old[used])
+
+
+def test_scale_limits_are_config_errors_naming_the_key(tmp_path, toy, monkeypatch, capsys):
+    cfg = write_cfg(tmp_path, toy, epochs=1)
+    assert run(cfg, "optim.loss=sampled_softmax", "optim.sampled.n_negatives=41") == 2
+    err = capsys.readouterr().err
+    assert "optim.sampled.n_negatives=41 is larger than the catalog (40 items)" in err and "Traceback" not in err
+    for bad in ("optim.sampled.popularity_exponent=-1", "eval.item_chunk=0", "optim.sampled.n_negatives=0"):
+        assert run(cfg, bad) == 2
+        assert bad.split("=")[0].split(".")[-1] in capsys.readouterr().err
+    # a full softmax that would not fit: refused before training, with the estimate and the fix
+    from trainer import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1_000_000)
+    assert run(cfg) == 2
+    err = capsys.readouterr().err
+    assert "optim.loss=ce over 40 items needs about" in err and "set optim.loss=sampled_softmax" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ce_memory_estimate_grows_linearly_with_the_catalog():
+    from trainer.memory import ce_step_bytes
+
+    one = ce_step_bytes(100_000, 128, [128], "gate")
+    assert ce_step_bytes(1_000_000, 128, [128], "gate") == 10 * one
+    assert ce_step_bytes(100_000, 128, [], "gate") < one
 
 
 def test_features_in_another_item_order_are_refused(tmp_path, toy):
@@ -236,7 +315,7 @@ def test_features_in_another_item_order_are_refused(tmp_path, toy):
         (tmp_path / name).mkdir()
         cfg = write_cfg(tmp_path / name, toy)
         cfg = load_config(TrainConfig, cfg, [f"modalities=[{{name: text, features: {store.path}}}]"])
-        recipe = train_job.TrainRecipe(cfg)
+        recipe = recipe_module.TrainRecipe(cfg)
         with pytest.raises(StoreError, match="item order differs" if name == "shuffled" else "store has 39 items"):
             recipe.setup()
         AcceleratorState._reset_state(True)

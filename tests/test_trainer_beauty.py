@@ -10,12 +10,13 @@ from accelerate.state import AcceleratorState
 
 from feature_store.store import FeatureStore, StoreError
 from jobs import prepare as prepare_job
+from jobs import train as train_job
 from kdsr.config import load_config
 from kdsr.dataset import PreparedDataset
 from kdsr.paths import REPO_ROOT
-from trainer import train as train_job
 from trainer.config import TrainConfig
 from trainer.data import UserSequences
+from trainer.train import TrainRecipe
 
 torch.set_num_threads(2)
 
@@ -58,7 +59,7 @@ def test_features_not_matching_beauty_are_refused(beauty, tmp_path):
     with pytest.raises(
         StoreError, match=f"item order differs .* at {len(ids)} rows, first at row 0 .*{rotated[0]}.*{ids[0]}"
     ):
-        train_job.TrainRecipe(cfg).setup()
+        TrainRecipe(cfg).setup()
 
 
 @pytest.mark.slow
@@ -85,3 +86,28 @@ def test_a_short_sasrec_run_on_beauty_learns(beauty, tmp_path):
     # random ranking gives NDCG@10 ~ 0.0004 over 12,086 items; 30 steps already learn popularity and more
     assert m["test"]["ndcg@10"] > 0.002 and m["test"]["hr@10"] > 0.004
     assert m["valid_history"][0]["step"] == 30
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_chunked_ranking_gives_every_user_the_full_matrix_rank(beauty, exclude):
+    """The item-chunked evaluation path against the (users x N) score matrix, every Beauty test user."""
+    from trainer.data import EvalCases, eval_collate
+    from trainer.metrics import candidate_scores, target_ranks
+    from trainer.ranking import chunked_target_ranks
+    from trainer.student import Student
+
+    cfg = load_config(TrainConfig, REPO_ROOT / "configs/train/beauty-sasrec.yaml", [f"dataset={beauty.path}"])
+    torch.manual_seed(0)
+    model = Student(beauty.n_items, cfg.model.model_copy(update={"hidden": 32, "n_heads": 1}), {}).eval()
+    hist, rel, _ = UserSequences.from_dataset(beauty).eval_cases("test")
+    cases = EvalCases(hist, rel, 50)
+    cand = model.candidate_table()
+    n_users = 0
+    for start in range(0, len(cases), 2048):
+        batch = eval_collate([cases[i] for i in range(start, min(len(cases), start + 2048))])
+        h = model.user_states(batch["history"], batch["lengths"])
+        seen = batch["seen"] if exclude else None
+        full = target_ranks(candidate_scores(h @ cand.T, seen), batch["relevant"])
+        assert torch.equal(chunked_target_ranks(h, cand, batch["relevant"], seen, 1000), full)
+        n_users += len(h)
+    assert n_users == beauty.n_users == 22_332

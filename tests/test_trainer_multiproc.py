@@ -37,6 +37,7 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env["KDSR_TEST_PROCESS_REPORT"] = "1"  # the trainer's test hook: each rank writes processes/rank<i>.json
     cmd = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
@@ -48,11 +49,14 @@ def test_two_cpu_processes_train_one_model(tmp_path):
         "--main_process_port",
         str(free_port()),
         "-m",
-        "trainer.train",
+        "jobs.train",
         str(tmp_path / "cfg.yaml"),
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # INFO lines from the main process only; each rank prints the run's summary
+    assert proc.stderr.count("valid ndcg@10") == 2, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["output"] == str(tmp_path / "run")
     ranks = [json.loads((tmp_path / "run" / "processes" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # one model, kept in sync

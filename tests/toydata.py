@@ -89,7 +89,7 @@ def toy_features(
     carries the same signal as the toy sequences), dissected by the real `kdsr dissect` code; returns the
     dissection store. mask_every > 0 marks every k-th item as content-less."""
     from dissect.config import DissectConfig
-    from dissect.run import dissect
+    from dissect.run import run_dissect
     from feature_store.store import FeatureStore
 
     ds = PreparedDataset.open(dataset)
@@ -115,4 +115,4 @@ def toy_features(
         facets={"mode": "chunks", "n_facets": n_facets},
         codebook={"n_codes": n_codes, "random_pairs": 2000, "cooccur_pairs": 2000, "n_init": 1},
     )
-    return dissect(cfg, log=lambda _: None)
+    return Path(run_dissect(cfg)["output"])

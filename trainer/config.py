@@ -1,7 +1,8 @@
 """TrainConfig: the typed schema of `configs/train/*.yaml`, with the released KDSR run's defaults except
 async_step.milestones: [] here (modality tables at lr / 4 for the whole run) vs [5, 10] in the released config
 (lr / 2 from epoch 5, the full lr from epoch 10); `async_step.milestones=[5,10]` reproduces that ramp.
-Why []: the slow rate is the method's point (DESIGN.md 2.5) and the ramp undoes it; its effect is unmeasured here."""
+Why []: the slow rate is the method's point (docs/METHOD.md, "Asynchronous learning step") and the ramp undoes
+it; its effect is unmeasured here."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class ModelConfig(Config):
     fusion: Literal["sum", "concat", "gate"] = "gate"
     # Which item representations score the candidates: "fused", the same fused rows the backbone reads (the
     # features shape the ranking and every step's softmax moves every V^m row); "id", the ID embeddings alone,
-    # as DESIGN.md 2.4 has the released code (the features reach the ranking only through the input side).
+    # as the released code has it (docs/METHOD.md, "Where this code differs from the released code"): the
+    # features reach the ranking only through the input side.
     score_items: Literal["fused", "id"] = "fused"
 
 
@@ -53,14 +55,44 @@ class AsyncStepConfig(Config):
     milestones: list[int] = []
 
 
+class SampledSoftmaxConfig(Config):
+    """`optim.loss: sampled_softmax`: the next-item softmax over the target and a shared set of negatives."""
+
+    # Negatives drawn per step, shared by every position of the batch (with replacement); at most N.
+    # None: min(1024, N).
+    n_negatives: int | None = Field(None, gt=0)
+    # The proposal q_j ~ (count_j + 1)^exponent over training targets: 0 = uniform, 1 = popularity.
+    popularity_exponent: float = Field(0.0, ge=0)
+    in_batch: bool = False  # also use the batch's own targets as negatives for every position
+    logq_correction: bool = True  # subtract log(expected count) of each candidate (trainer/sampling.py)
+
+
 class OptimConfig(Config):
     lr: float = Field(1e-3, gt=0)
+    # Adam weight decay of the dense parameters; the item tables get none when their gradients are sparse.
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, gt=0)  # per process, per micro-batch
     grad_accum: int = Field(1, gt=0)
     clip_norm: float | None = Field(5.0, gt=0)  # None: no clipping
-    loss: Literal["ce", "bce"] = "ce"  # full-softmax cross-entropy, or BCE with sampled negatives
+    # ce: the exact full softmax over all N items (every step costs O(N)); sampled_softmax: the target
+    # against shared sampled negatives with logQ correction (a step's cost does not grow with N); bce: BCE
+    # against n_negatives uniform negatives per position, no correction.
+    loss: Literal["ce", "bce", "sampled_softmax"] = "ce"
     n_negatives: int = Field(1, gt=0)  # per position, for loss: bce
+    sampled: SampledSoftmaxConfig = SampledSoftmaxConfig()
+    # Sparse gradients for the (N + 1)-row tables (ID embeddings, V^m), updated by a lazy Adam that touches
+    # only the rows a step used: dense Adam walks all N rows every step. None (auto): sparse with
+    # bce / sampled_softmax (the row-lookup losses), dense with ce. See bench/results/scale.md.
+    sparse_tables: bool | None = None
+
+    @property
+    def row_lookup(self) -> bool:
+        """True when a step looks up only the rows it needs (no full fused table)."""
+        return self.loss != "ce"
+
+    @property
+    def sparse(self) -> bool:
+        return self.row_lookup if self.sparse_tables is None else self.sparse_tables
 
 
 class EvalConfig(Config):
@@ -68,6 +100,11 @@ class EvalConfig(Config):
     exclude_history: bool = False  # RecBole's default for sequential models: history items stay candidates
     sampled_negatives: int | None = Field(None, gt=0)  # labelled, not the default (Krichene & Rendle 2020)
     batch_size: int = Field(512, gt=0)
+    # Items scored at a time in the exact full ranking: memory O(batch_size x item_chunk), whatever N.
+    item_chunk: int = Field(65536, ge=1)
+    # Evaluate a seeded random sample of this many users per split instead of all (labelled in metrics.json;
+    # for very large user sets, e.g. the scale benchmark). None: every user.
+    sample_users: int | None = Field(None, ge=1)
 
 
 class TrainConfig(Config):
@@ -96,7 +133,6 @@ class TrainConfig(Config):
     bucket_by_length: bool = True
     checkpoint_every: int | None = Field(None, gt=0)  # also checkpoint every N optimizer steps (mid-epoch)
     resume: bool = True  # continue from out_dir/checkpoints/last when it exists
-    stop_after: int | None = Field(None, gt=0)  # die after N optimizer steps in total (resume tests)
     progress: bool = True
 
     @model_validator(mode="after")
@@ -108,8 +144,6 @@ class TrainConfig(Config):
             raise ValueError("eval.ks must contain 10: model selection uses validation NDCG@10")
         if self.model.hidden % self.model.n_heads:
             raise ValueError(f"model.hidden {self.model.hidden} is not divisible by n_heads {self.model.n_heads}")
+        if self.optim.sparse_tables and not self.optim.row_lookup:
+            raise ValueError("optim.sparse_tables: true needs optim.loss bce or sampled_softmax (ce uses every row)")
         return self
-
-    @property
-    def distilling(self) -> bool:
-        return self.distill.enabled and any(m.weight_hol > 0 or m.weight_code > 0 for m in self.modalities)

@@ -20,7 +20,21 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kdsr.dataset import PreparedDataset
+from kdsr.config import ConfigError
+from kdsr.dataset import DatasetError, PreparedDataset
+from kdsr.errors import KdsrError
+
+
+class TrainDataError(KdsrError, ValueError):
+    """A prepared dataset whose rows the trainer cannot use; the message names the file and the first bad row."""
+
+
+def open_dataset(path: str) -> PreparedDataset:
+    """The config's `dataset`, refused as a config error when it is not a prepared dataset folder."""
+    try:
+        return PreparedDataset.open(path)
+    except DatasetError as e:
+        raise ConfigError(f"dataset: {e}") from None
 
 
 @dataclass
@@ -37,7 +51,7 @@ class UserSequences:
         bad = df.filter((pl.col("item") < 1) | (pl.col("item") > ds.n_items))
         if bad.height:
             row = bad.row(0, named=True)
-            raise ValueError(
+            raise TrainDataError(
                 f"{ds.path}/interactions.parquet: {bad.height} rows with item outside 1..{ds.n_items}, first {row}"
             )
         g = df.group_by("user", maintain_order=True).agg("item", "split")

@@ -33,13 +33,36 @@ def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
     return total / h.size(0)
 
 
-def sampled_bce(h: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """h (P, D), targets (P,), negatives (P, n) item ids: BCE of the positive against n sampled negatives."""
-    pos = (h * items[targets]).sum(-1)  # (P,)
-    neg = torch.einsum("pd,pnd->pn", h, items[negatives])  # (P, n)
+def sampled_bce(h: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """h (P, D) states, positives (P, D) target rows, negatives (P, n, D) rows of n sampled negatives per
+    position: BCE of the positive against its negatives (uniform negatives, no correction)."""
+    pos = (h * positives).sum(-1)  # (P,)
+    neg = torch.einsum("pd,pnd->pn", h, negatives)  # (P, n)
     return F.binary_cross_entropy_with_logits(
         pos.float(), torch.ones_like(pos, dtype=torch.float)
     ) + F.binary_cross_entropy_with_logits(neg.float(), torch.zeros_like(neg, dtype=torch.float))
+
+
+def sampled_softmax_ce(
+    h: torch.Tensor,
+    positives: torch.Tensor,
+    candidates: torch.Tensor,
+    targets: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    target_log_q: torch.Tensor,
+    candidate_log_q: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of each position's target against C candidates shared by the whole batch.
+
+    h (P, D) states; positives (P, D) target rows; candidates (C, D) rows of candidate_ids (C,); targets (P,);
+    target_log_q (P,), candidate_log_q (C,) the logQ corrections (`trainer/sampling.py`; zeros: none). A
+    candidate equal to the position's own target (an accidental hit) is masked: the target is the positive.
+    Mean over positions. With candidate_ids = 1..N and no correction this is the full softmax exactly."""
+    pos = (h * positives).sum(-1).float() - target_log_q  # (P,)
+    neg = (h @ candidates.T).float() - candidate_log_q  # (P, C)
+    neg = neg.masked_fill(candidate_ids.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)  # (P, 1 + C): the positive is column 0
+    return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 class HolisticLoss(nn.Module):

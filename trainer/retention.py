@@ -1,5 +1,6 @@
 """How much of the encoder a trained run's modality tables V^m kept: the measure of the modality forgetting
-that the asynchronous step and the distillation are there to prevent (DESIGN.md 2.5).
+that the asynchronous step and the distillation are there to prevent (docs/METHOD.md, "Asynchronous learning
+step").
 
 Per modality: the mean cosine of each item's trained row with the stored feature it started from, and the
 Pearson r between item-pair cosines in the trained table and in the stored features over random pairs (the
@@ -14,14 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
+from kdsr.config import load_config
 from kdsr.dataset import PreparedDataset
-from trainer.data import UserSequences, pad_ids
-from trainer.features import load_features
+from trainer.config import TrainConfig
+from trainer.data import UserSequences, open_dataset, pad_ids
+from trainer.features import ModalitySource
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
+from trainer.student import Student
 
 
 def table_retention(
@@ -36,19 +39,23 @@ def table_retention(
     return float((x * v).sum(1).mean()), float(torch.corrcoef(pairs)[0, 1])
 
 
-def trained_tables(run_dir: str | Path):
+def trained_tables(run_dir: str | Path) -> tuple[PreparedDataset, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """A finished run's dataset and, per modality, (stored features, trained V) with row 0 = padding, both
     (N + 1, d); (dataset, {}) without modalities. One read serves both measures below."""
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    ds = PreparedDataset.open(cfg["dataset"])
-    if not cfg.get("modalities"):
+    cfg = load_config(TrainConfig, run_dir / "config.yaml")
+    ds = open_dataset(cfg.dataset)
+    if not cfg.modalities:
         return ds, {}
-    weights = load_file(run_dir / "best" / "model.safetensors")
+    best = run_dir / "best" / "model.safetensors"
+    if not best.exists():
+        raise FileNotFoundError(f"{best}: no selected checkpoint (did the run finish an epoch?)")
+    trained = Student.saved_modality_tables(load_file(best))
+    ids = ds.item_original_ids()
     tables = {}
-    for m in cfg["modalities"]:
-        start = load_features(m["features"], ds.item_original_ids())
-        tables[m["name"]] = (start, weights[f"modal.{m['name']}"][: len(start)])
+    for m in cfg.modalities:
+        start = ModalitySource.open(m.name, m.features, ids).table
+        tables[m.name] = (start, trained[m.name][: len(start)])
     return ds, tables
 
 

@@ -1,10 +1,12 @@
 """Train a sequential recommender with correlation distillation: the recipe, on Accelerate.
 
-    accelerate launch -m trainer.train configs/train/beauty-sasrec-kd.yaml [key.sub=value ...]
-    kdsr train configs/train/beauty-sasrec-kd.yaml
+    kdsr train configs/train/beauty-sasrec-kd.yaml [key.sub=value ...]
+    accelerate launch -m jobs.train configs/train/beauty-sasrec-kd.yaml
     # two CPU processes sharing one model (gloo); `--cpu --num_processes 2` would silently start ONE:
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_machines 1 --num_processes 2 \
-        -m trainer.train configs/train/beauty-sasrec-kd.yaml
+        -m jobs.train configs/train/beauty-sasrec-kd.yaml
+
+`run_train(cfg)` is the stage: the commands above and the pipeline call it.
 
 Run directory (`out_dir`): config.yaml (resolved), metrics.json (validation history, selected epoch, test
 metrics, timings), tb/ (TensorBoard: each loss term, learning rates, metrics), checkpoints/last (resumable
@@ -14,13 +16,13 @@ state: model, optimizer, RNG, trainer_state.json), best/model.safetensors (the s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +35,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdsr.config import ConfigError, config_to_dict, load_config, save_config
-from kdsr.dataset import PreparedDataset
 from trainer.config import TrainConfig
 from trainer.data import (
     EpochSampler,
@@ -43,14 +44,39 @@ from trainer.data import (
     UserSequences,
     add_teacher_targets,
     eval_collate,
+    open_dataset,
 )
-from trainer.features import input_identity, load_modalities
+from trainer.features import input_identity, open_modalities
+from trainer.memory import check_fits
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
-from trainer.optim import build_optimizer, set_epoch_lr
-from trainer.student import Student
+from trainer.optim import build_optimizers, clip_grad_norm, set_epoch_lr
+from trainer.ranking import chunked_target_ranks
+from trainer.sampling import NegativeSampler
+from trainer.student import DistillHeads, Student, distill_heads
+
+log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption; any other difference is refused.
-RESUMABLE_KEYS = {"resume", "stop_after", "progress", "checkpoint_every", "num_workers", "epochs", "patience"}
+RESUMABLE_KEYS = {"resume", "progress", "checkpoint_every", "num_workers", "epochs", "patience"}
+
+
+@dataclass(frozen=True)
+class HooksForTests:
+    """The trainer's test hooks, read from the environment here and nowhere else; unset in a real run.
+
+    KDSR_TEST_STOP_AFTER=N      stop after N optimizer steps in total, as if killed there (the resume tests):
+                                no final test, no metrics.json; run_train's summary has `stopped_at_step`.
+    KDSR_TEST_PROCESS_REPORT=1  each rank writes processes/rank<i>.json with the world size and a checksum of
+                                its parameters (the multi-process test compares them).
+    """
+
+    stop_after: int | None = None
+    process_report: bool = False
+
+    @classmethod
+    def from_env(cls) -> HooksForTests:
+        stop = os.environ.get("KDSR_TEST_STOP_AFTER", "")
+        return cls(int(stop) if stop else None, os.environ.get("KDSR_TEST_PROCESS_REPORT", "") not in ("", "0"))
 
 
 @dataclass
@@ -64,12 +90,14 @@ class TrainerState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-    loss_sums: dict = field(default_factory=dict)  # running sums of the loss terms in `epoch`, "_n" batches
+    loss_sums: dict[str, float] = field(default_factory=dict)  # running sums of the loss terms in `epoch`
+    loss_batches: int = 0  # micro-batches summed into loss_sums
     inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
 
 
-def teacher_in_workers(cfg: TrainConfig, acc: Accelerator) -> bool:
-    """Resolve `teacher_in_workers: null` (auto): workers pay off only when they do not take cores from the step."""
+def resolve_teacher_placement(cfg: TrainConfig, acc: Accelerator) -> bool:
+    """True: teacher targets in the DataLoader workers, False: in the step. Resolves `teacher_in_workers: null`
+    (auto): workers pay off only when they do not take cores from the step."""
     if cfg.teacher_in_workers is not None:
         return cfg.teacher_in_workers
     if cfg.num_workers == 0:
@@ -80,9 +108,34 @@ def teacher_in_workers(cfg: TrainConfig, acc: Accelerator) -> bool:
     return spare >= cfg.num_workers * acc.num_processes
 
 
+def run_train(cfg: TrainConfig) -> dict:
+    """The train stage: setup, train, cleanup. Returns the run's summary: `output` (the run directory), the
+    selected epoch, its validation NDCG@10 and the test metrics."""
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    finished = recipe.train()
+    recipe.cleanup()
+    if not finished:
+        return {"output": str(recipe.out), "stopped_at_step": recipe.state.global_step}
+    st, test = recipe.state, recipe.test
+    log.info(
+        "done: epoch %d selected, test ndcg@10 %.4f hr@10 %.4f -> %s",
+        st.best_epoch,
+        test["ndcg@10"],
+        test["hr@10"],
+        recipe.out,
+    )
+    return {"output": str(recipe.out), "selected_epoch": st.best_epoch, "best_valid_ndcg@10": st.best, "test": test}
+
+
 class TrainRecipe:
-    def __init__(self, cfg: TrainConfig):
+    """setup() -> train() -> cleanup(), torchtune-style; `run_train` is the entry point."""
+
+    def __init__(self, cfg: TrainConfig, hooks: HooksForTests | None = None):
         self.cfg, self.out, self.state = cfg, Path(cfg.out_dir), TrainerState()
+        self.hooks = HooksForTests.from_env() if hooks is None else hooks
+        self.timings: list[float] = []  # seconds of each epoch trained in this session
+        self.test: dict[str, float] | None = None  # test metrics of the selected epoch, once measured
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self, write_config: bool = True) -> None:
@@ -97,32 +150,55 @@ class TrainRecipe:
             project_dir=str(self.out),
         )
         set_seed(cfg.seed)
-        # 2. Dataset and features; load_modalities refuses stores whose items do not match the dataset's.
-        ds = PreparedDataset.open(cfg.dataset)
+        # 2. Dataset and features: each store is opened and read once, and refused unless its items are the
+        # dataset's; it serves the input identity, the initial V^m and the teacher.
+        ds = open_dataset(cfg.dataset)
         self.seqs = UserSequences.from_dataset(ds)
-        self.state.inputs = input_identity(cfg, ds)
-        features, self.teachers, n_codes = load_modalities(cfg, ds)
-        # 3. Model and optimizer (the async step's two parameter groups).
-        model = self._setup_model(ds.n_items, features, n_codes)
-        optimizer = build_optimizer(model, cfg)
+        sources = open_modalities(cfg, ds)
+        self.state.inputs = input_identity(ds, sources)
+        heads = distill_heads(cfg)
+        self.teachers = {m: sources[m].teacher() for m in heads}
+        # 3. Model and optimizers (the async step's two parameter groups; sparse item tables at scale).
+        check_fits(cfg, ds.n_items, [s.table.shape[1] for s in sources.values()], self.accelerator.device)
+        model = self._setup_model(ds.n_items, {m: s.table for m, s in sources.items()}, heads)
+        optimizers = build_optimizers(model, cfg)
         # 4. Loaders: the train collate computes teacher targets in the DataLoader workers.
         loader = self._setup_train_data(ds.n_items, model.backbone.causal)
-        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, loader)
+        self.sampler = self._setup_sampler(ds.n_items)
+        self.model, *self.optimizers, self.train_loader = self.accelerator.prepare(model, *optimizers, loader)
         self._setup_eval_data(model.backbone.causal)
-        if self.teachers:
-            where = "DataLoader workers" if self.teacher_in_workers else "training step"
-            setting = "auto" if cfg.teacher_in_workers is None else cfg.teacher_in_workers
-            self.accelerator.print(f"teacher targets are computed in the {where} (teacher_in_workers: {setting})")
         # 5. Resume from checkpoints/last when there is one (model, optimizer, RNG, trainer state).
         self._resume_or_start(write_config)
 
-    def _setup_model(self, n_items: int, features: dict, n_codes: dict) -> Student:
+    def _setup_model(self, n_items: int, features: dict, heads: dict[str, DistillHeads]) -> Student:
         cfg = self.cfg
-        heads = {m.name: (m.weight_hol > 0, m.weight_code > 0) for m in cfg.modalities if m.name in self.teachers}
         self.weights = {f"hol/{m.name}": m.weight_hol for m in cfg.modalities} | {
             f"code/{m.name}": m.weight_code for m in cfg.modalities
         }
-        return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss)
+        n_codes = {m: teacher.n_codes for m, teacher in self.teachers.items()}
+        return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss, cfg.optim.sparse)
+
+    def _setup_sampler(self, n_items: int) -> NegativeSampler | None:
+        """The shared-negatives sampler of `optim.loss: sampled_softmax`, its proposal from the training items."""
+        opt = self.cfg.optim
+        if opt.loss != "sampled_softmax":
+            return None
+        n_negatives = min(1024, n_items) if opt.sampled.n_negatives is None else opt.sampled.n_negatives
+        if n_negatives > n_items:
+            raise ConfigError(
+                f"optim.sampled.n_negatives={opt.sampled.n_negatives} is larger than the catalog "
+                f"({n_items:,} items); use at most {n_items}, or loss=ce for the exact softmax"
+            )
+        train = [items[splits == "train"] for items, splits in zip(self.seqs.items, self.seqs.splits)]
+        counts = np.bincount(np.concatenate(train) if train else np.zeros(0, np.int64), minlength=n_items + 1)
+        return NegativeSampler(
+            torch.from_numpy(counts[: n_items + 1]),
+            n_negatives,
+            opt.sampled.popularity_exponent,
+            opt.sampled.in_batch,
+            opt.sampled.logq_correction,
+            self.cfg.seed,
+        )
 
     def _setup_train_data(self, n_items: int, causal: bool) -> DataLoader:
         cfg = self.cfg
@@ -135,8 +211,11 @@ class TrainRecipe:
             cfg.model.mask_prob,
             cfg.optim.n_negatives if cfg.optim.loss == "bce" else 0,
         )
-        self.teacher_in_workers = teacher_in_workers(cfg, self.accelerator)
-        collate = TrainCollate(self.teachers if self.teacher_in_workers else None)
+        self.targets_in_workers = resolve_teacher_placement(cfg, self.accelerator)
+        if self.teachers:
+            where = "DataLoader workers" if self.targets_in_workers else "training step"
+            setting = "auto" if cfg.teacher_in_workers is None else cfg.teacher_in_workers
+            log.info("teacher targets are computed in the %s (teacher_in_workers: %s)", where, setting)
         self.counts = {
             "items": n_items,
             "users": len(self.seqs.items),
@@ -152,7 +231,7 @@ class TrainRecipe:
                 cfg.optim.batch_size,
                 np.array([len(w) for w in windows]) if cfg.bucket_by_length else None,
             ),
-            collate_fn=collate,
+            collate_fn=TrainCollate(self.teachers if self.targets_in_workers else None),
             num_workers=cfg.num_workers,
         )
 
@@ -160,6 +239,7 @@ class TrainRecipe:
         self.eval_loaders = {}
         for split in ("valid", "test"):
             hist, rel, skipped = self.seqs.eval_cases(split)
+            hist, rel = self._sample_users(split, hist, rel)
             if not hist:  # model selection never falls back to test
                 need, part = {
                     "valid": ("model selection needs a validation split", "validation"),
@@ -174,82 +254,112 @@ class TrainRecipe:
             self.counts.setdefault("eval_users", {})[split] = len(cases)
             self.counts.setdefault("eval_users_skipped", {})[split] = skipped
 
+    def _sample_users(self, split: str, hist: list, rel: list) -> tuple[list, list]:
+        """eval.sample_users: a seeded random subset of the cases (the same users every epoch and on resume)."""
+        n = self.cfg.eval.sample_users
+        if not n or n >= len(hist):
+            return hist, rel
+        rng = np.random.default_rng(self.cfg.seed + (split == "test"))
+        keep = np.sort(rng.choice(len(hist), size=n, replace=False))
+        self.counts.setdefault("eval_users_sampled_from", {})[split] = len(hist)
+        return [hist[i] for i in keep], [rel[i] for i in keep]
+
     def _resume_or_start(self, write_config: bool) -> None:
         last = self.out / "checkpoints" / "last"
         if self.cfg.resume and last.exists():
-            saved = load_config(TrainConfig, self.out / "config.yaml")
-            a, b = (
-                ({k: v for k, v in config_to_dict(c).items() if k not in RESUMABLE_KEYS}) for c in (saved, self.cfg)
-            )
-            if a != b:
-                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-                raise ConfigError(f"{self.out}: cannot resume, config differs from the saved run in: {', '.join(diff)}")
-            # Same paths are not the same inputs: a rebuilt dataset or store would make the resumed run's
-            # metrics a mix of two runs.
-            state = json.loads((last / "trainer_state.json").read_text())
-            now, before = self.state.inputs, state.get("inputs")
-            if before and before != now:
-                diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
-                raise ConfigError(
-                    f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
-                    f"path?) in: {', '.join(diff)}; train into a fresh out_dir"
-                )
-            if not before:
-                self.accelerator.print(f"{last}: no input identity recorded (an older checkpoint); not checked")
+            state = self._resumable_state(last)
             self.accelerator.load_state(str(last))
-            self.state = TrainerState(**(state | {"inputs": now}))
-            self.accelerator.print(f"resumed from {last} at epoch {self.state.epoch}, step {self.state.global_step}")
+            self.state = TrainerState(**(state | {"inputs": self.state.inputs}))
+            log.info("resumed from %s at epoch %d, step %d", last, self.state.epoch, self.state.global_step)
         if write_config and self.accelerator.is_main_process:
             save_config(self.cfg, self.out)
+
+    def _resumable_state(self, last: Path) -> dict:
+        """checkpoints/last's trainer state, after refusing a resume whose config or inputs changed."""
+        saved = load_config(TrainConfig, self.out / "config.yaml")
+        a, b = ({k: v for k, v in config_to_dict(c).items() if k not in RESUMABLE_KEYS} for c in (saved, self.cfg))
+        if a != b:
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise ConfigError(f"{self.out}: cannot resume, config differs from the saved run in: {', '.join(diff)}")
+        state = json.loads((last / "trainer_state.json").read_text())
+        unknown = set(state) - {f.name for f in fields(TrainerState)}
+        if unknown:
+            raise ConfigError(
+                f"{last}/trainer_state.json: written by another version (keys {', '.join(sorted(unknown))}); "
+                "train into a fresh out_dir or set resume=false"
+            )
+        # Same paths are not the same inputs: a rebuilt dataset or store would make the resumed run's
+        # metrics a mix of two runs.
+        now, before = self.state.inputs, state.get("inputs")
+        if before and before != now:
+            diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+            raise ConfigError(
+                f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
+                f"path?) in: {', '.join(diff)}; train into a fresh out_dir"
+            )
+        if not before:
+            log.warning("%s: no input identity recorded (an older checkpoint); not checked", last)
+        return state
 
     # ---- training ----------------------------------------------------------------------------------
     def train(self) -> bool:
         """Train until the epoch budget or early stopping, then test the selected checkpoint once.
-        Returns False when stopped by `stop_after` (a simulated kill: no final test)."""
+        Returns False when stopped by the KDSR_TEST_STOP_AFTER test hook (a simulated kill: no final test)."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
         acc.init_trackers("tb", config={k: str(v) for k, v in config_to_dict(cfg).items()})
-        timings = []
         while st.epoch < cfg.epochs and st.bad_epochs < cfg.patience:
-            set_epoch_lr(self.optimizer, cfg, st.epoch)
+            set_epoch_lr(self.optimizers, cfg, st.epoch)
             if st.step_in_epoch == 0:
-                st.loss_sums = {}
+                st.loss_sums, st.loss_batches = {}, 0
             t0 = time.perf_counter()
             if not self._train_epoch():
                 return False
-            seconds = time.perf_counter() - t0
-            timings.append(seconds)
-            valid = self.evaluate("valid")
-            n = max(1, st.loss_sums.pop("_n", 1))
-            st.history.append(
-                {
-                    "epoch": st.epoch,
-                    "step": st.global_step,
-                    "seconds": round(seconds, 2),
-                    **{f"loss/{k}": v / n for k, v in st.loss_sums.items()},
-                    **valid,
-                }
-            )
-            acc.log({f"valid/{k}": v for k, v in valid.items()}, step=st.global_step)
-            if valid["ndcg@10"] > st.best:
-                st.best, st.best_epoch, st.bad_epochs = valid["ndcg@10"], st.epoch, 0
-                acc.save_model(self.model, self.out / "best")  # safetensors
-            else:
-                st.bad_epochs += 1
-            acc.print(
-                f"epoch {st.epoch}: valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f} "
-                f"(best {st.best:.4f} @ {st.best_epoch}), {seconds:.1f}s"
-            )
-            st.epoch, st.step_in_epoch = st.epoch + 1, 0
-            self.save_checkpoint()
-            self._write_metrics(timings=timings)
+            self.timings.append(time.perf_counter() - t0)
+            self._end_epoch()
         self.load_best()
-        test = self.evaluate("test")
-        acc.log({f"test/{k}": v for k, v in test.items()}, step=st.global_step)
-        self._write_metrics(test=test, timings=timings)
-        acc.print(f"test (epoch {st.best_epoch}): ndcg@10 {test['ndcg@10']:.4f} hr@10 {test['hr@10']:.4f}")
+        self.test = self.evaluate("test")
+        acc.log({f"test/{k}": v for k, v in self.test.items()}, step=st.global_step)
+        self._write_metrics()
         return True
 
+    def _end_epoch(self) -> None:
+        """Validate, keep the best weights, record the epoch, checkpoint."""
+        acc, st, seconds = self.accelerator, self.state, self.timings[-1]
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid")
+        eval_seconds = time.perf_counter() - t0
+        n = max(1, st.loss_batches)
+        st.history.append(
+            {
+                "epoch": st.epoch,
+                "step": st.global_step,
+                "seconds": round(seconds, 2),
+                "eval_seconds": round(eval_seconds, 2),
+                **{f"loss/{k}": v / n for k, v in st.loss_sums.items()},
+                **valid,
+            }
+        )
+        acc.log({f"valid/{k}": v for k, v in valid.items()}, step=st.global_step)
+        if valid["ndcg@10"] > st.best:
+            st.best, st.best_epoch, st.bad_epochs = valid["ndcg@10"], st.epoch, 0
+            acc.save_model(self.model, self.out / "best")  # safetensors
+        else:
+            st.bad_epochs += 1
+        log.info(
+            "epoch %d: valid ndcg@10 %.4f hr@10 %.4f (best %.4f @ %d), %.1fs",
+            st.epoch,
+            valid["ndcg@10"],
+            valid["hr@10"],
+            st.best,
+            st.best_epoch,
+            seconds,
+        )
+        st.epoch, st.step_in_epoch = st.epoch + 1, 0
+        self.save_checkpoint()
+        self._write_metrics()
+
     def _train_epoch(self) -> bool:
+        """The epoch's optimizer steps (those left after a resume); False when the stop-after hook fired."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
         skip = st.step_in_epoch * cfg.optim.grad_accum  # micro-batches already consumed before a resume
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
@@ -257,12 +367,9 @@ class TrainRecipe:
         # masking/negatives) to the epoch, which a fresh skip-loader after a resume does not know.
         loader.set_epoch(st.epoch)
         self.train_set.set_epoch(st.epoch)
-        sums = st.loss_sums
-        total = len(self.train_loader) // cfg.optim.grad_accum
-        if cfg.max_steps:
-            total = min(total, cfg.max_steps)
+        steps = len(self.train_loader) // cfg.optim.grad_accum
         bar = tqdm(
-            total=total,
+            total=min(steps, cfg.max_steps) if cfg.max_steps else steps,
             initial=st.step_in_epoch,
             desc=f"epoch {st.epoch}",
             dynamic_ncols=True,
@@ -270,64 +377,89 @@ class TrainRecipe:
         )
         self.model.train()
         for i, batch in enumerate(loader, start=skip):
-            # Dropout depends only on (seed, epoch, batch, rank): a resumed run replays it exactly.
-            torch.manual_seed(((cfg.seed * 1_000_003 + st.epoch) * 1_000_003 + i) * 64 + acc.process_index)
-            if not self.teacher_in_workers and self.teachers:  # targets inside the step
-                batch = {k: v.to(acc.device) for k, v in add_teacher_targets(batch, self.teachers).items()}
-            with acc.accumulate(self.model):
-                terms = self.model(batch)
-                loss = terms["rec"] + sum(self.weights[k] * v for k, v in terms.items() if k != "rec")
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.clip_norm:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["_n"] = sums.get("_n", 0) + 1
+            terms, loss = self._step(i, batch)
             if not acc.sync_gradients:
                 continue
             st.global_step, st.step_in_epoch = st.global_step + 1, st.step_in_epoch + 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if st.global_step % 20 == 0:
-                lrs = {f"lr/{g.get('name', k)}": g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
-                acc.log(
-                    {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
-                    | {"loss/total": float(loss.detach())}
-                    | lrs,
-                    step=st.global_step,
-                )
-            if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
-            if cfg.stop_after and st.global_step >= cfg.stop_after:
+            self._after_step(terms, loss)
+            if self.hooks.stop_after and st.global_step >= self.hooks.stop_after:
                 bar.close()
-                acc.print(f"stopping after {st.global_step} steps as configured (stop_after)")
+                log.info("stopping after %d steps (the KDSR_TEST_STOP_AFTER test hook)", st.global_step)
                 return False
             if cfg.max_steps and st.step_in_epoch >= cfg.max_steps:
                 break
         bar.close()
         return True
 
+    def _step(self, index: int, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One micro-batch: forward, backward and (on a sync step) the optimizer step -> (loss terms, loss)."""
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        # Dropout depends only on (seed, epoch, batch, rank): a resumed run replays it exactly.
+        torch.manual_seed(((cfg.seed * 1_000_003 + st.epoch) * 1_000_003 + index) * 64 + acc.process_index)
+        if self.teachers and not self.targets_in_workers:  # targets inside the step
+            batch = {k: v.to(acc.device) for k, v in add_teacher_targets(batch, self.teachers).items()}
+        if self.sampler is not None:  # negatives from (seed, epoch, micro-batch, rank): a resume replays them
+            batch = self._add_negatives(batch, (st.epoch * 100_000_000 + index) * 64 + acc.process_index)
+        with acc.accumulate(self.model):
+            terms = self.model(batch)
+            loss = terms["rec"] + sum(self.weights[k] * v for k, v in terms.items() if k != "rec")
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.optim.clip_norm:
+                if cfg.optim.sparse:
+                    clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
+                else:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
+            for optimizer in self.optimizers:
+                optimizer.step()
+                optimizer.zero_grad()
+        for k, v in terms.items():
+            st.loss_sums[k] = st.loss_sums.get(k, 0.0) + float(v.detach())
+        st.loss_batches += 1
+        return terms, loss
+
+    def _add_negatives(self, batch: dict, key: int) -> dict:
+        targets = batch["targets"]
+        negatives = self.sampler.draw(key, targets[targets > 0])
+        return batch | {
+            "negative_ids": negatives.ids,
+            "negative_log_q": negatives.log_q,
+            "target_log_q": self.sampler.log_q(targets, int((targets > 0).sum())),
+        }
+
+    def _after_step(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """After an optimizer step: TensorBoard every 20 steps, a mid-epoch checkpoint when configured."""
+        st = self.state
+        if st.global_step % 20 == 0:
+            lrs = {f"lr/{g.get('name', k)}": g["lr"] for k, g in enumerate(self.optimizers[0].param_groups)}
+            losses = {f"loss/{k}": float(v.detach()) for k, v in terms.items()} | {"loss/total": float(loss.detach())}
+            self.accelerator.log(losses | lrs, step=st.global_step)
+        if self.cfg.checkpoint_every and st.global_step % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        """Full ranking (or the labelled sampled mode) over one split, sharded over processes."""
+        """Exact full ranking in item chunks (or the labelled sampled mode) over one split, sharded over
+        processes. The candidate table is fused once per pass."""
         cfg, acc = self.cfg, self.accelerator
         model = acc.unwrap_model(self.model)
         model.eval()
         gen = torch.Generator(device=acc.device).manual_seed(cfg.seed + acc.process_index)
+        candidates = model.candidate_table(cfg.eval.item_chunk)
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in self.eval_loaders[split]:
-            scores = model.scores(batch["history"], batch["lengths"])
-            scores = candidate_scores(
-                scores,
-                batch["seen"] if cfg.eval.exclude_history else None,
-                batch["relevant"],
-                cfg.eval.sampled_negatives,
-                gen,
-            )
-            per_user = acc.gather_for_metrics(ranking_metrics(target_ranks(scores, batch["relevant"]), cfg.eval.ks))
+            h = model.user_states(batch["history"], batch["lengths"])  # (B, D)
+            seen = batch["seen"] if cfg.eval.exclude_history else None
+            if cfg.eval.sampled_negatives:
+                scores = candidate_scores(
+                    model.backbone.score(h, candidates), seen, batch["relevant"], cfg.eval.sampled_negatives, gen
+                )
+                ranks = target_ranks(scores, batch["relevant"])
+            else:
+                ranks = chunked_target_ranks(h, candidates, batch["relevant"], seen, cfg.eval.item_chunk)
+            per_user = acc.gather_for_metrics(ranking_metrics(ranks, cfg.eval.ks))
             for k, v in per_user.items():
                 parts.setdefault(k, []).append(v.cpu())
         model.train()
@@ -357,7 +489,7 @@ class TrainRecipe:
             raise FileNotFoundError(f"{path}: no selected checkpoint (did any epoch finish?)")
         self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(path)))
 
-    def _write_metrics(self, test: dict | None = None, timings: list[float] | None = None) -> None:
+    def _write_metrics(self) -> None:
         acc, st = self.accelerator, self.state
         if not acc.is_main_process:
             return
@@ -368,58 +500,40 @@ class TrainRecipe:
             "selected_epoch": st.best_epoch,
             "best_valid_ndcg@10": st.best,
             "valid_history": st.history,
-            "test": test,
+            "test": self.test,
             "protocol": {"ranking": self.ranking_label, "exclude_history": self.cfg.eval.exclude_history},
             "counts": self.counts,
             "world_size": acc.num_processes,
-            "timing": {"epoch_seconds_this_session": timings or [], **peak},
+            "timing": {"epoch_seconds_this_session": self.timings, **peak},
         }
         (self.out / "metrics.json").write_text(json.dumps(out, indent=2))
 
-    def write_process_report(self) -> None:
-        """processes/rank<i>.json: world size and a checksum of this rank's parameters (tests compare them)."""
+    def _write_process_report(self) -> None:
+        """processes/rank<i>.json (the KDSR_TEST_PROCESS_REPORT test hook): world size and a checksum of this
+        rank's parameters."""
         acc = self.accelerator
         params = acc.unwrap_model(self.model).state_dict()
-        checksum = math.fsum(float(v.double().sum()) for v in params.values())
+        report = {
+            "rank": acc.process_index,
+            "world_size": acc.num_processes,
+            "device": str(acc.device),
+            "param_checksum": math.fsum(float(v.double().sum()) for v in params.values()),
+        }
         path = self.out / "processes" / f"rank{acc.process_index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "rank": acc.process_index,
-                    "world_size": acc.num_processes,
-                    "device": str(acc.device),
-                    "param_checksum": checksum,
-                }
-            )
-        )
+        path.write_text(json.dumps(report))
 
     @property
     def ranking_label(self) -> str:
-        n = self.cfg.eval.sampled_negatives
-        return (
+        n, users = self.cfg.eval.sampled_negatives, self.cfg.eval.sample_users
+        label = (
             f"SAMPLED: target vs {n} random negatives (not comparable to full ranking)"
             if n
             else "full ranking over all items"
         )
+        return label + (f", on a random sample of {users:,} users per split" if users else "")
 
     def cleanup(self) -> None:
-        self.write_process_report()
+        if self.hooks.process_report:
+            self._write_process_report()
         self.accelerator.end_training()
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"}:
-        print(__doc__)
-        return 0 if argv else 2
-    cfg = load_config(TrainConfig, argv[0], argv[1:])
-    recipe = TrainRecipe(cfg)
-    recipe.setup()
-    finished = recipe.train()
-    recipe.cleanup()
-    return 0 if finished else 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())
