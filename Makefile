@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install lint format test test-fast demo bench clean
+.PHONY: install lint format test test-fast demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# On a CUDA machine: the prepared GPU check (about 8 minutes on one GPU) -> bench/results/gpu.md
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf runs .pytest_cache

@@ -34,6 +34,10 @@ BENCHES = {
         [sys.executable, "bench/bench_peers_train.py", "--epochs", "0", "--full-epochs", "2", "--ours-epochs", "10"],
     ),
     "dissect": ("dissect.md", [sys.executable, "bench/bench_dissect.py"]),
+    # 1M-item catalog: generate, prepare, import, dissect, one epoch; plus where the full softmax stops fitting
+    "scale": ("scale.md", [sys.executable, "-m", "bench.bench_scale", "--ce-limit"]),
+    "train-losses": ("train.md", [sys.executable, "bench/bench_train.py", "--losses", "--epochs", "2"]),
+    "gpu": ("gpu.md", None),  # make gpu-check, on a CUDA machine
     "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
     "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
     "quality-ablations": ("quality-ablations.md", None),  # SASRec ablations and why-probes, more seeds
@@ -64,11 +68,15 @@ def collect() -> Path:
         "",
         f"Assembled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` (`python -m bench.run_all`)",
         "from the files in [bench/results/](results/). Each section states when, where and with which command its",
-        "numbers were measured; goals are from DESIGN.md section 5.",
+        'numbers were measured; goals are in docs/METHOD.md, "Performance targets".',
         "",
     ]
+    seen: set[str] = set()
     for name, (file, _) in BENCHES.items():
         path = RESULTS / file
+        if file in seen:  # two benchmarks write sections of one file
+            continue
+        seen.add(file)
         if path.exists():
             text = path.read_text().strip()
             # shift headings so each file's top heading is a section (##) of this page

@@ -7,7 +7,6 @@ source lacks become masked rows, source rows the dataset lacks are dropped, and 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from feature_store.config import ImportConfig
 from feature_store.store import FeatureStore, StoreError
 from kdsr.errors import KdsrError
+from kdsr.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,6 @@ def read_ids(path: str | Path, n_rows: int) -> list[str]:
     return ids  # type: ignore[return-value]
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
-
-
 def run_import(cfg: ImportConfig) -> dict[str, Any]:
     """Write the source matrix as a feature store (rows in the dataset's item order when one is given)."""
     t0 = time.perf_counter()
@@ -215,7 +207,7 @@ def store_attrs(cfg: ImportConfig, summary: dict[str, int]) -> dict[str, Any]:
         "modality": cfg.provenance.get("modality", "imported"),
         "model": cfg.provenance.get("model", "imported"),
         "source": str(src),
-        "source_hash": _file_hash(src),
+        "source_hash": file_sha256(src),
         "source_format": detect_format(src, cfg.format),
         "dataset": cfg.dataset,
         "import_summary": dict(summary),

@@ -5,6 +5,9 @@
     kdsr dissect  configs/dissect/beauty-minilm.yaml
     kdsr train    configs/train/beauty-sasrec-kd.yaml
     kdsr evaluate runs/train/beauty-sasrec-kd
+    kdsr recommend runs/train/beauty-sasrec-kd [k=20 histories=users.csv ...]
+    kdsr export   runs/train/beauty-sasrec-kd
+    kdsr serve    runs/train/beauty-sasrec-kd [port=8000 replicas=2]
     kdsr pipeline configs/pipeline/beauty-minilm.yaml
 
 Exit codes (every stage): 0 done, 2 bad usage or config, 1 a known failure (one line on stderr).

@@ -54,6 +54,24 @@ STAGES: dict[str, Stage] = {
         ),
         Stage("evaluate", "re-evaluate a saved run with full ranking", "jobs.evaluate", None),
         Stage(
+            "recommend",
+            "top-K items per user from a trained run, in original IDs, as Parquet part files",
+            "jobs.recommend",
+            "trainer.use_config:RecommendConfig",
+        ),
+        Stage(
+            "export",
+            "a trained run's item tables (scoring, ID, modality) as Zarr feature stores",
+            "jobs.export",
+            "trainer.use_config:ExportConfig",
+        ),
+        Stage(
+            "serve",
+            "a trained run as an HTTP endpoint on Ray Serve (POST /recommend, GET /health)",
+            "jobs.serve",
+            "trainer.use_config:ServeConfig",
+        ),
+        Stage(
             "pipeline",
             "prepare -> encode -> dissect -> train -> evaluate, cached stage by stage, with a report",
             "jobs.pipeline",

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kdsr.config import ConfigError, load_config
+from kdsr.config import ConfigError, apply_overrides, expand_env, load_config, validate_config
 from kdsr.errors import KdsrError
 from kdsr.logs import setup_logging
 
@@ -27,6 +27,19 @@ def config_loader(schema: type) -> Callable[[list[str]], Any]:
 
     def load(argv: list[str]) -> Any:
         return load_config(schema, argv[0], argv[1:])
+
+    return load
+
+
+def run_dir_loader(schema: type, key: str = "run") -> Callable[[list[str]], Any]:
+    """`load` of the stages that use a trained run: argv = RUN_DIR [key=value ...] (the directory becomes
+    `key`), or a YAML config file with that key, as for every other stage."""
+
+    def load(argv: list[str]) -> Any:
+        if not os.path.isdir(argv[0]):
+            return load_config(schema, argv[0], argv[1:])
+        raw = expand_env(apply_overrides({key: argv[0]}, argv[1:], schema))
+        return validate_config(schema, raw, source=argv[0])
 
     return load
 

@@ -133,7 +133,7 @@ class TrainConfig(Config):
     bucket_by_length: bool = True
     checkpoint_every: int | None = Field(None, gt=0)  # also checkpoint every N optimizer steps (mid-epoch)
     resume: bool = True  # continue from out_dir/checkpoints/last when it exists
-    progress: bool = True
+    progress: bool = True  # a live bar on a terminal; a log line every 30 s when not a terminal or when false
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

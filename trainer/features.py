@@ -65,17 +65,6 @@ class ModalitySource:
         valid = self.table.ne(0).any(1)
         return Teacher(self.table, valid, facets, centroids)
 
-    def identity(self) -> dict[str, object]:
-        """The store's item fingerprint, creation time and, for a dissection, its seed and config."""
-        attrs = self.store.attrs
-        dissect = attrs.get("dissect") or {}
-        return {
-            f"{self.name}.item_fingerprint": attrs.get("item_fingerprint"),
-            f"{self.name}.created": attrs.get("created"),
-            f"{self.name}.dissect.seed": dissect.get("seed"),
-            f"{self.name}.dissect.config": dissect.get("config"),
-        }
-
 
 def open_modalities(cfg, ds: PreparedDataset) -> dict[str, ModalitySource]:
     """Every configured modality's store, checked against the dataset's items and read once."""
@@ -85,10 +74,28 @@ def open_modalities(cfg, ds: PreparedDataset) -> dict[str, ModalitySource]:
 
 def input_identity(ds: PreparedDataset, sources: dict[str, ModalitySource]) -> dict[str, object]:
     """What identifies the run's inputs beyond their paths, flat (key -> value) so a resume can name what
-    changed: the dataset's stats.json and each modality store's `ModalitySource.identity`. A rebuilt dataset
-    or store under the same path changes some of these."""
+    changed: the dataset's stats.json and each modality store's `store_identity`. A rebuilt dataset or store
+    under the same path changes some of these."""
+    return stores_identity(ds, {name: source.store for name, source in sources.items()})
+
+
+def stores_identity(ds: PreparedDataset, stores: dict[str, FeatureStore]) -> dict[str, object]:
+    """`input_identity` from opened stores, without reading their features (what a trained run's users need:
+    the weights already hold V^m, only the check that the inputs are still the run's remains)."""
     stats = json.dumps(ds.stats, sort_keys=True).encode()
     ident: dict[str, object] = {"dataset.stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
-    for source in sources.values():
-        ident |= source.identity()
+    for name, store in stores.items():
+        ident |= store_identity(name, store)
     return json.loads(json.dumps(ident))  # as trainer_state.json will give it back
+
+
+def store_identity(name: str, store: FeatureStore) -> dict[str, object]:
+    """The store's item fingerprint, creation time and, for a dissection, its seed and config."""
+    attrs = store.attrs
+    dissect = attrs.get("dissect") or {}
+    return {
+        f"{name}.item_fingerprint": attrs.get("item_fingerprint"),
+        f"{name}.created": attrs.get("created"),
+        f"{name}.dissect.seed": dissect.get("seed"),
+        f"{name}.dissect.config": dissect.get("config"),
+    }

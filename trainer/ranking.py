@@ -6,6 +6,8 @@ on the full matrix (ties counted against the target, excluded items never candid
 
 h (B, D) user states, candidates (N + 1, D) item representations (row 0 = padding, never a candidate),
 targets (B, T) item ids (0 = padding), seen (B, H) history ids to exclude (0 = padding) or None.
+
+`chunked_top_k` gives the K best items themselves (recommending), in the same chunks and memory bound.
 """
 
 from __future__ import annotations
@@ -55,3 +57,39 @@ def mask_out(block: torch.Tensor, start: int, seen: torch.Tensor | None) -> None
     ok = (seen > 0) & (local >= 0) & (local < block.size(1))
     rows = torch.arange(block.size(0), device=block.device).unsqueeze(1).expand_as(seen)
     block[rows[ok], local[ok]] = float("-inf")
+
+
+def chunked_top_k(
+    h: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    seen: torch.Tensor | None = None,
+    chunk: int = 65536,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, k) item ids and float scores of the k best candidates, best first, ties to the lower item id (so the
+    answer does not depend on the chunk size or torch's topk). Padding and `seen` items are never returned:
+    when fewer than k candidates remain, the missing slots hold id 0 and score -inf."""
+    best_s = torch.empty(h.size(0), 0, device=h.device)
+    best_i = torch.empty(h.size(0), 0, dtype=torch.long, device=h.device)
+    for start in range(0, candidates.size(0), chunk):
+        block = (h @ candidates[start : start + chunk].T).float()  # the scores chunked_target_ranks ranks by
+        mask_out(block, start, seen)
+        s, i = _stable_top_k(block, min(k, block.size(1)))
+        # best_i < start + i everywhere: a stable sort of [best, new] keeps ties in ascending id order
+        both_s, both_i = torch.cat([best_s, s], 1), torch.cat([best_i, i + start], 1)
+        order = both_s.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        best_s, best_i = both_s.gather(1, order), both_i.gather(1, order)
+    return torch.where(torch.isfinite(best_s), best_i, torch.zeros_like(best_i)), best_s
+
+
+def _stable_top_k(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk with ties at the k-th score resolved to the lower column (topk leaves that unspecified),
+    without sorting the whole block: only the columns scoring >= the k-th score are sorted."""
+    kth = block.topk(k, dim=1).values[:, -1:]
+    keep = block >= kth  # k columns per row, more only when the k-th score is tied
+    cols = torch.arange(block.size(1), device=block.device)
+    key = torch.where(keep, block.size(1) - cols, torch.zeros_like(cols))  # kept columns, lowest first
+    picked = key.topk(int(keep.sum(1).max()), dim=1).indices  # unkept columns come last and score < kth
+    values = block.gather(1, picked)
+    order = values.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return values.gather(1, order), picked.gather(1, order)

@@ -32,9 +32,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from kdsr.config import ConfigError, config_to_dict, load_config, save_config
+from kdsr.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import (
     EpochSampler,
@@ -368,12 +368,13 @@ class TrainRecipe:
         loader.set_epoch(st.epoch)
         self.train_set.set_epoch(st.epoch)
         steps = len(self.train_loader) // cfg.optim.grad_accum
-        bar = tqdm(
-            total=min(steps, cfg.max_steps) if cfg.max_steps else steps,
+        bar = Progress(
+            min(steps, cfg.max_steps) if cfg.max_steps else steps,
+            f"epoch {st.epoch}",
+            unit="step",
             initial=st.step_in_epoch,
-            desc=f"epoch {st.epoch}",
-            dynamic_ncols=True,
-            disable=not (cfg.progress and acc.is_local_main_process),
+            bar=cfg.progress and acc.is_local_main_process,
+            logger=log,
         )
         self.model.train()
         for i, batch in enumerate(loader, start=skip):
@@ -381,8 +382,7 @@ class TrainRecipe:
             if not acc.sync_gradients:
                 continue
             st.global_step, st.step_in_epoch = st.global_step + 1, st.step_in_epoch + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.update(1, loss=f"{float(loss.detach()):.3f}")
             self._after_step(terms, loss)
             if self.hooks.stop_after and st.global_step >= self.hooks.stop_after:
                 bar.close()
