@@ -16,7 +16,8 @@ def _full(h, cand, rel, seen):
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1000])
 @pytest.mark.parametrize("exclude", [False, True])
-def test_chunked_ranks_equal_full_matrix_with_ties(chunk, exclude):
+@pytest.mark.parametrize("keep_bytes", [0, 2**20])  # blocks recomputed, or kept from the first pass
+def test_chunked_ranks_equal_full_matrix_with_ties(chunk, exclude, keep_bytes):
     g = torch.Generator().manual_seed(chunk)
     B, N, D = 9, 50, 4
     # integer-valued vectors: many exact ties between items
@@ -27,7 +28,7 @@ def test_chunked_ranks_equal_full_matrix_with_ties(chunk, exclude):
     seen = torch.randint(0, N + 1, (B, 6), generator=g)
     seen[1, 0] = rel[1, 0]  # a target in the history: excluded -> a miss
     seen = seen if exclude else None
-    got = chunked_target_ranks(h, cand, rel, seen, chunk)
+    got = chunked_target_ranks(h, cand, rel, seen, chunk, keep_bytes)
     assert torch.equal(got, _full(h, cand, rel, seen))
     if exclude:
         assert got[1, 0] == MISS

@@ -82,17 +82,14 @@ class OptimConfig(Config):
     sampled: SampledSoftmaxConfig = SampledSoftmaxConfig()
     # Sparse gradients for the (N + 1)-row tables (ID embeddings, V^m), updated by a lazy Adam that touches
     # only the rows a step used: dense Adam walks all N rows every step. None (auto): sparse with
-    # bce / sampled_softmax (the row-lookup losses), dense with ce. See bench/results/scale.md.
+    # bce / sampled_softmax (the row-lookup losses) in one process; dense with ce, and under several processes
+    # (DDP cannot reduce sparse gradients). See bench/results/scale.md.
     sparse_tables: bool | None = None
 
     @property
     def row_lookup(self) -> bool:
         """True when a step looks up only the rows it needs (no full fused table)."""
         return self.loss != "ce"
-
-    @property
-    def sparse(self) -> bool:
-        return self.row_lookup if self.sparse_tables is None else self.sparse_tables
 
 
 class EvalConfig(Config):

@@ -5,8 +5,8 @@ at lr / gamma^2 (so the features' information is retained longer), optionally ra
 at given epochs, as a parameter group of its own. The rate is a pure function of the epoch, so a resumed run
 gets it right by construction.
 
-The item tables at catalog scale: with `optim.sparse` (the row-lookup losses), the (N + 1)-row tables get
-sparse gradients and a lazy Adam (`torch.optim.SparseAdam`: moments and updates only for the rows a step
+The item tables at catalog scale: with sparse tables (`optim.sparse_tables`, `Student.sparse`), the (N + 1)-row
+tables get sparse gradients and a lazy Adam (`torch.optim.SparseAdam`: moments and updates only for the rows a step
 touched), and everything else a dense Adam. Dense Adam would read and write all N rows of every table and both
 moment buffers every step (bench/results/scale.md has the measurement).
 """
@@ -32,10 +32,11 @@ def _groups(params: list, slow: set[int], lr: float, slow_lr: float) -> list[dic
 
 
 def build_optimizers(model, cfg) -> list[torch.optim.Optimizer]:
-    """[Adam] or, with sparse tables, [Adam over the dense parameters, SparseAdam over the item tables]."""
+    """[Adam] or, when the model's tables have sparse gradients (`model.sparse`), [Adam over the dense
+    parameters, SparseAdam over the item tables]."""
     slow = {id(p) for p in model.modality_parameters()}
     lr, slow_lr = cfg.optim.lr, modality_lr(cfg, 0)
-    if not cfg.optim.sparse:
+    if not model.sparse:
         params = list(model.parameters())
         return [torch.optim.Adam(_groups(params, slow, lr, slow_lr), lr=lr, weight_decay=cfg.optim.weight_decay)]
     tables = {id(p) for p in model.table_parameters()}

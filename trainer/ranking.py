@@ -1,6 +1,7 @@
 """Exact full ranking in item chunks: the rank of each user's target among all N items without a (users x N)
-score matrix. Memory is O(batch x chunk); the result equals `metrics.target_ranks(candidate_scores(...))`
-on the full matrix (ties counted against the target, excluded items never candidates).
+score matrix. Memory is O(batch x chunk), plus a cache of the score blocks when they fit 256 MiB (then each
+block is computed once, not twice). The result equals `metrics.target_ranks(candidate_scores(...))` on the full
+matrix (ties counted against the target, excluded items never candidates).
 
     ranks = chunked_target_ranks(h, candidates, targets, seen, chunk=65536)
 
@@ -23,23 +24,29 @@ def chunked_target_ranks(
     targets: torch.Tensor,
     seen: torch.Tensor | None = None,
     chunk: int = 65536,
+    keep_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
     """(B, T) pessimistic ranks: #{j != t candidate : s_j >= s_t}; MISS for an excluded target, -1 at padding."""
     n_rows = candidates.size(0)
     # The target's score comes from the same matmul kernel as every other score (one (B, chunk) block per
-    # chunk), so a target compares with itself exactly as in the full matrix.
+    # chunk), so a target compares with itself exactly as in the full matrix. That needs the target's block
+    # before the count: blocks are kept from the first pass when they fit `keep_bytes`, else recomputed.
+    keep = targets.size(0) * n_rows * 4 <= keep_bytes
+    kept: list[torch.Tensor] = []
     s_t = torch.full(targets.shape, float("-inf"), device=h.device)
     for start in range(0, n_rows, chunk):
         block = (h @ candidates[start : start + chunk].T).float()  # (B, c)
         inside = (targets >= start) & (targets < start + block.size(1))
         picked = block.gather(1, (targets - start).clamp(0, block.size(1) - 1))
         s_t = torch.where(inside, picked, s_t)
+        if keep:
+            kept.append(block)
     excluded = targets == 0
     if seen is not None:
         excluded |= (targets.unsqueeze(2) == seen.unsqueeze(1)).any(2)  # (B, T): the target is in the history
     counts = torch.zeros(targets.shape, dtype=torch.long, device=h.device)
-    for start in range(0, n_rows, chunk):
-        block = (h @ candidates[start : start + chunk].T).float()
+    for i, start in enumerate(range(0, n_rows, chunk)):
+        block = kept[i] if keep else (h @ candidates[start : start + chunk].T).float()
         mask_out(block, start, seen)
         counts += (block.unsqueeze(1) >= s_t.unsqueeze(2)).sum(2)  # (B, T)
     ranks = counts - 1  # the target counted itself

@@ -108,6 +108,19 @@ def resolve_teacher_placement(cfg: TrainConfig, acc: Accelerator) -> bool:
     return spare >= cfg.num_workers * acc.num_processes
 
 
+def resolve_sparse_tables(cfg: TrainConfig, acc: Accelerator) -> bool:
+    """`optim.sparse_tables`, resolved: auto = sparse with the row-lookup losses in a single process. DDP cannot
+    reduce sparse gradients ("Cannot access storage of SparseTensorImpl"), so several processes get dense ones."""
+    if cfg.optim.sparse_tables is None:
+        return cfg.optim.row_lookup and acc.num_processes == 1
+    if cfg.optim.sparse_tables and acc.num_processes > 1:
+        raise ConfigError(
+            f"optim.sparse_tables=true with {acc.num_processes} processes: DDP cannot reduce sparse gradients; "
+            "set optim.sparse_tables=null (dense tables when distributed) or train in one process"
+        )
+    return cfg.optim.sparse_tables
+
+
 def run_train(cfg: TrainConfig) -> dict:
     """The train stage: setup, train, cleanup. Returns the run's summary: `output` (the run directory), the
     selected epoch, its validation NDCG@10 and the test metrics."""
@@ -176,7 +189,8 @@ class TrainRecipe:
             f"code/{m.name}": m.weight_code for m in cfg.modalities
         }
         n_codes = {m: teacher.n_codes for m, teacher in self.teachers.items()}
-        return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss, cfg.optim.sparse)
+        self.sparse = resolve_sparse_tables(cfg, self.accelerator)
+        return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss, self.sparse)
 
     def _setup_sampler(self, n_items: int) -> NegativeSampler | None:
         """The shared-negatives sampler of `optim.loss: sampled_softmax`, its proposal from the training items."""
@@ -407,7 +421,7 @@ class TrainRecipe:
             loss = terms["rec"] + sum(self.weights[k] * v for k, v in terms.items() if k != "rec")
             acc.backward(loss)
             if acc.sync_gradients and cfg.optim.clip_norm:
-                if cfg.optim.sparse:
+                if self.sparse:
                     clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
                 else:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
