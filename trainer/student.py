@@ -202,7 +202,8 @@ class Student(nn.Module):
 
     @torch.no_grad()
     def scores(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, N + 1) scores for the next item (column 0 = pad): small catalogs and the sampled-metrics mode."""
+        """(B, N + 1) scores for the next item (column 0 = pad), fusing the candidate table on every call: a
+        convenience for small catalogs and tests; evaluation fuses it once per pass and ranks in item chunks."""
         return self.backbone.score(self.user_states(history, lengths), self.candidate_table())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
