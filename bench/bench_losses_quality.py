@@ -1,11 +1,12 @@
 """Quality of the sampled softmax against the full softmax: SASRec (ID only) trained to early stopping on
 validation NDCG@10, test read once at the selected epoch, paired by seed.
 
-    python -m bench.bench_losses_quality                     # Beauty seeds 0-2 and Amazon Books seed 0
+    python -m bench.bench_losses_quality                     # Beauty and Amazon Books, seeds 0-2
     python -m bench.bench_losses_quality --collect           # only rebuild the table from finished runs
 
 Runs go two at a time, one torch thread each (a 2-core machine); a finished run (its metrics.json) is skipped,
-so an interrupted study resumes. Writes bench/results/quality-losses.md.
+so an interrupted study resumes. Writes bench/results/quality-losses.md; each dataset's rows are also kept in
+bench/results/quality-losses.json, so a dataset whose runs are not on this machine keeps its measured rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench._runs import REPO, derive
+from kdsr.files import write_json_atomic
 
 LOSSES = {"ce": ["optim.loss=ce"], "sampled_softmax": ["optim.loss=sampled_softmax"]}
 DATASETS = {
@@ -31,7 +33,8 @@ DATASETS = {
 
 def plan(args) -> list[tuple[str, str, int]]:
     runs = [("beauty", loss, seed) for seed in args.beauty_seeds for loss in LOSSES]
-    return runs + [("amazon-books", loss, seed) for seed in args.books_seeds for loss in LOSSES]
+    books_ce = [("amazon-books", "ce", seed) for seed in args.books_ce_seeds]  # first: the long ones
+    return runs + books_ce + [("amazon-books", "sampled_softmax", seed) for seed in args.books_seeds]
 
 
 def run_one(work: Path, dataset: str, loss: str, seed: int, args) -> Path:
@@ -59,7 +62,48 @@ def run_one(work: Path, dataset: str, loss: str, seed: int, args) -> Path:
     return out
 
 
+def dataset_rows(work: Path, dataset: str) -> list[str]:
+    """The table rows of one dataset from its finished runs on disk (none when it has no runs here)."""
+    lines = []
+    found = {}
+    for loss in LOSSES:
+        ms = {}
+        for path in sorted((work / dataset).glob(f"{loss}-seed*/metrics.json")):
+            ms[int(path.parent.name.rsplit("seed", 1)[1])] = json.loads(path.read_text())
+        found[loss] = ms
+    paired = sorted(set(found["ce"]) & set(found["sampled_softmax"]))
+    for loss, ms in found.items():
+        if not ms:
+            continue
+        nd = [m["test"]["ndcg@10"] for m in ms.values()]
+        rc = [m["test"]["hr@10"] for m in ms.values()]
+        secs = [statistics.mean(h["seconds"] for h in m["valid_history"]) for m in ms.values()]
+        ratio = "1.00"
+        if loss != "ce" and paired:
+            r = [found[loss][s]["test"]["ndcg@10"] / found["ce"][s]["test"]["ndcg@10"] for s in paired]
+            ratio = (
+                f"{statistics.mean(r):.3f} (seeds {', '.join(map(str, paired))}: "
+                + ", ".join(f"{x:.3f}" for x in r)
+                + ")"
+            )
+        lines.append(
+            f"| {dataset} | {loss} | {', '.join(map(str, sorted(ms)))} | {_fmt(nd)} | {_fmt(rc)} | "
+            f"{', '.join(str(m['selected_epoch']) for m in ms.values())} | {statistics.mean(secs):.1f} | {ratio} |"
+        )
+    return lines
+
+
 def table(work: Path, args) -> str:
+    """The study's table: rows from runs on disk, else the rows kept from an earlier measurement."""
+    kept_path = REPO / "bench" / "results" / "quality-losses.json"
+    kept = json.loads(kept_path.read_text()) if kept_path.exists() else {"datasets": {}, "reading": []}
+    for dataset in DATASETS:
+        rows = dataset_rows(work, dataset)
+        if rows:
+            budget = args.books_budget if dataset == "amazon-books" else args.beauty_budget
+            kept["datasets"][dataset] = {"measured": time.strftime("%Y-%m-%d"), "budget": list(budget), "rows": rows}
+    write_json_atomic(kept_path, kept)
+    datasets = kept["datasets"]
     lines = [
         "# Sampled softmax vs full softmax: quality to early stopping",
         "",
@@ -67,40 +111,18 @@ def table(work: Path, args) -> str:
         "2-core CPU machine, two runs at a time with 1 torch thread each. SASRec, ID embeddings only (the default",
         "`configs/train/beauty-sasrec.yaml` on each dataset), batch 256, hidden 128, lr 1e-3; the sampled softmax",
         "with its defaults (1,024 shared uniform negatives, logQ correction, sparse item tables). Each run selects",
-        "its epoch on validation NDCG@10 and reads test once there. Budgets: Beauty "
-        f"{args.beauty_budget[0]} epochs max, patience {args.beauty_budget[1]}; Amazon Books "
-        f"{args.books_budget[0]} epochs max, patience {args.books_budget[1]}.",
+        "its epoch on validation NDCG@10 and reads test once there. Budgets (max epochs, patience) and dates: "
+        + "; ".join(f"{d}: {v['budget'][0]}, {v['budget'][1]}, measured {v['measured']}" for d, v in datasets.items())
+        + ".",
         "",
         "| dataset | loss | seeds | test NDCG@10 | test Recall@10 | selected epochs | s / epoch "
         "| ratio to ce (NDCG@10) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for dataset in DATASETS:
-        found = {}
-        for loss in LOSSES:
-            ms = {}
-            for path in sorted((work / dataset).glob(f"{loss}-seed*/metrics.json")):
-                ms[int(path.parent.name.rsplit("seed", 1)[1])] = json.loads(path.read_text())
-            found[loss] = ms
-        paired = sorted(set(found["ce"]) & set(found["sampled_softmax"]))
-        for loss, ms in found.items():
-            if not ms:
-                continue
-            nd = [m["test"]["ndcg@10"] for m in ms.values()]
-            rc = [m["test"]["hr@10"] for m in ms.values()]
-            secs = [statistics.mean(h["seconds"] for h in m["valid_history"]) for m in ms.values()]
-            ratio = "1.00"
-            if loss != "ce" and paired:
-                r = [found[loss][s]["test"]["ndcg@10"] / found["ce"][s]["test"]["ndcg@10"] for s in paired]
-                ratio = (
-                    f"{statistics.mean(r):.3f} (seeds {', '.join(map(str, paired))}: "
-                    + ", ".join(f"{x:.3f}" for x in r)
-                    + ")"
-                )
-            lines.append(
-                f"| {dataset} | {loss} | {', '.join(map(str, sorted(ms)))} | {_fmt(nd)} | {_fmt(rc)} | "
-                f"{', '.join(str(m['selected_epoch']) for m in ms.values())} | {statistics.mean(secs):.1f} | {ratio} |"
-            )
+    for entry in datasets.values():
+        lines.extend(entry["rows"])
+    if kept["reading"]:
+        lines += ["", "Reading (written by hand in quality-losses.json's `reading`):", *kept["reading"]]
     return "\n".join(lines) + "\n"
 
 
@@ -113,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "losses")
     ap.add_argument("--beauty-seeds", type=int, nargs="*", default=[0, 1, 2])
-    ap.add_argument("--books-seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--books-seeds", type=int, nargs="*", default=[0, 1, 2])
+    # the full softmax costs ~12 min an epoch on Books at one thread: fewer seeds of it fit in a session
+    ap.add_argument("--books-ce-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--beauty-budget", type=int, nargs=2, default=[40, 5], metavar=("EPOCHS", "PATIENCE"))
-    ap.add_argument("--books-budget", type=int, nargs=2, default=[15, 3], metavar=("EPOCHS", "PATIENCE"))
+    ap.add_argument("--books-budget", type=int, nargs=2, default=[8, 2], metavar=("EPOCHS", "PATIENCE"))
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--collect", action="store_true")
     args = ap.parse_args(argv)

@@ -146,6 +146,11 @@ def test_recommend_from_a_histories_file(toy_run, tmp_path, capsys):
     # the strict policies name the file, the user and the item
     assert recommend(*args, f"output={tmp_path / 'o2'}") == (1, None)
     assert "user 'u2' has an empty history (1 unknown items dropped)" in capsys.readouterr().err
+    # ... also when a Ray worker meets it: the same one-line error, no traceback
+    ray_args = ["users_per_part=1", "workers=2", "ray.num_cpus=2", f"output={tmp_path / 'o4'}"]
+    assert recommend(*args, *ray_args) == (1, None)
+    err = capsys.readouterr().err
+    assert "user 'u2' has an empty history (1 unknown items dropped)" in err and "Traceback" not in err
     assert recommend(*args, f"output={tmp_path / 'o3'}", "unknown_items=error") == (1, None)
     assert "h.csv: user 'u1', item[2]: item 'unknown' is not in the run's catalog" in capsys.readouterr().err
 
@@ -203,8 +208,11 @@ def test_recommend_resumes_after_a_kill(ml100k_run, tmp_path, capsys):
     code, summary = recommend(*args, capsys=capsys)
     assert code == 0 and (summary["parts"], summary["parts_skipped"], summary["parts_written"]) == (5, 2, 3)
     assert (out / "part-00000.parquet").stat().st_mtime_ns == first and not list(out.glob(".part-*"))
+    # from scratch, the parts split over two Ray workers: the same rows
     fresh = tmp_path / "fresh"
-    assert recommend(*args[:1], f"output={fresh}", *args[2:], capsys=capsys)[0] == 0
+    on_ray = ["workers=2", "worker_cpus=1", "ray.num_cpus=2"]
+    code, summary = recommend(*args[:1], f"output={fresh}", *args[2:], *on_ray, capsys=capsys)
+    assert code == 0 and summary["parts_written"] == 5
     resumed, again = (pl.read_parquet(d / "*.parquet") for d in (out, fresh))
     assert resumed.height == 943 * 20 and resumed.equals(again)
     # a resume that asks for something else is refused, naming what differs

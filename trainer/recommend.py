@@ -5,6 +5,7 @@
     rec.recommend([["B00004TMFE", "B0009RF9DW"]], k=10)   # -> [Recommendation(items=[...], scores=[...])]
 
     kdsr recommend runs/train/beauty-sasrec-kd [k=20 history=train histories=my.csv ...]
+    kdsr recommend runs/train/beauty-sasrec-kd workers=8 ray.address=auto   # parts split over Ray actors
 
 The model is the run's own (its config.yaml, best/model.safetensors read with safetensors only), scored exactly
 as the evaluation scores it: the same user states (`Student.user_states` on the last max_len items), the same
@@ -222,7 +223,8 @@ def check_run_inputs(run: Path, cfg: TrainConfig, ds: PreparedDataset) -> dict:
 
 
 # ---- the batch job ----------------------------------------------------------------------------------
-RESUMABLE = {"progress", "batch_size", "item_chunk", "device", "output"}  # may change between a run and its resume
+# may change between a run and its resume
+RESUMABLE = {"progress", "batch_size", "item_chunk", "device", "output", "workers", "worker_cpus", "worker_gpus", "ray"}
 
 
 @dataclass
@@ -304,14 +306,14 @@ def run_recommend(cfg: RecommendConfig) -> dict:
     if done:
         log.info("%s: %d of %d parts already written, resuming", out, len(done), n_parts)
     bar = tqdm(total=len(users.ids), desc="recommend", unit="user", dynamic_ncols=True, disable=not cfg.progress)
-    bar.update(sum(min(cfg.users_per_part, len(users.ids) - p * cfg.users_per_part) for p in done))
-    fallbacks = 0
-    for part in todo:
-        rows = range(part * cfg.users_per_part, min((part + 1) * cfg.users_per_part, len(users.ids)))
-        frame, n_fallback = recommend_part(rec, cfg, users, rows, bar)
-        write_part(out, part, frame)
-        fallbacks += n_fallback
-        kill_hook_after_part(part)
+    bar.update(sum(len(part_rows(cfg, users, p)) for p in done))
+    if cfg.workers > 1 and len(todo) > 1:
+        fallbacks = recommend_on_ray(cfg, users, todo, out, bar.update)
+    else:
+        fallbacks = 0
+        for part in todo:
+            fallbacks += write_recommendations(rec, cfg, users, part, out, bar.update)
+            kill_hook_after_part(part)
     bar.close()
     summary = {
         "output": str(out),
@@ -327,7 +329,68 @@ def run_recommend(cfg: RecommendConfig) -> dict:
     return summary
 
 
-def recommend_part(rec: Recommender, cfg: RecommendConfig, users: Users, rows: range, bar) -> tuple[pl.DataFrame, int]:
+def part_rows(cfg: RecommendConfig, users: Users, part: int) -> range:
+    return range(part * cfg.users_per_part, min((part + 1) * cfg.users_per_part, len(users.ids)))
+
+
+def write_recommendations(rec: Recommender, cfg: RecommendConfig, users: Users, part: int, out: Path, advance) -> int:
+    """Score and write one part file; returns how many of its users fell back to the popular items.
+    `advance(n)` is called as users are done (a progress bar's update)."""
+    frame, n_fallback = recommend_part(rec, cfg, users, part_rows(cfg, users, part), advance)
+    write_part(out, part, frame)
+    return n_fallback
+
+
+class PartWorker:
+    """One Ray worker of `kdsr recommend`: the run loaded once, then any number of parts scored and written
+    by the worker itself (nothing but counts goes back through the object store)."""
+
+    def __init__(self, cfg: dict, users: Users, out: str):
+        self.cfg = RecommendConfig.model_validate(cfg)
+        torch.set_num_threads(max(1, math.ceil(self.cfg.worker_cpus)))
+        # The driver checked the run's inputs; the workers read the same paths.
+        self.rec = Recommender.load(self.cfg.run, self.cfg.device, check_inputs=False)
+        self.users, self.out = users, Path(out)
+
+    def write(self, part: int) -> tuple[int, int]:
+        """Part `part` -> (users written, popular fallbacks)."""
+        n = write_recommendations(self.rec, self.cfg, self.users, part, self.out, lambda _: None)
+        return len(part_rows(self.cfg, self.users, part)), n
+
+
+def recommend_on_ray(cfg: RecommendConfig, users: Users, parts: list[int], out: Path, advance) -> int:
+    """The parts split over `cfg.workers` Ray actors (embedded Ray, or the cluster of `cfg.ray`); returns the
+    number of popular fallbacks. Parts are handed out one at a time, so a fast worker takes more of them."""
+    import ray
+    from ray.util import ActorPool
+
+    from feature_store.encode import init_ray
+
+    started = init_ray(cfg.ray)
+    try:
+        remote = ray.remote(PartWorker).options(num_cpus=cfg.worker_cpus, num_gpus=cfg.worker_gpus)
+        shared = ray.put(users)
+        n_workers = min(cfg.workers, len(parts))
+        log.info("%d parts over %d Ray workers", len(parts), n_workers)
+        pool = ActorPool([remote.remote(config_to_dict(cfg), shared, str(out)) for _ in range(n_workers)])
+        fallbacks = 0
+        try:
+            for n_users, n_fallback in pool.map_unordered(lambda worker, part: worker.write.remote(part), parts):
+                advance(n_users)
+                fallbacks += n_fallback
+        except ray.exceptions.RayTaskError as e:  # a worker's user error (an empty history) is the job's
+            if isinstance(e.cause, KdsrError):
+                raise e.cause from None
+            raise
+        return fallbacks
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def recommend_part(
+    rec: Recommender, cfg: RecommendConfig, users: Users, rows: range, advance
+) -> tuple[pl.DataFrame, int]:
     """One part's rows (user_id, rank, item_id, score) for `rows` of `users`, and how many fell back to the
     popular items."""
     empty = [r for r in rows if len(users.histories[r]) == 0]
@@ -343,8 +406,8 @@ def recommend_part(rec: Recommender, cfg: RecommendConfig, users: Users, rows: r
         batch = scored[start : start + cfg.batch_size]
         ids, scores = rec.top_k([users.histories[r] for r in batch], cfg.k, cfg.exclude_history, cfg.item_chunk)
         answers |= {r: (i[i > 0], s[i > 0]) for r, i, s in zip(batch, ids, scores)}
-        bar.update(len(batch))
-    bar.update(len(empty))
+        advance(len(batch))
+    advance(len(empty))
     lengths = [len(answers[r][0]) for r in rows]
     frame = pl.DataFrame(
         {

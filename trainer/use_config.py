@@ -40,6 +40,12 @@ class RecommendConfig(Config):
     # recorded in checkpoints/last); false uses the run as it is.
     check_inputs: bool = True
     progress: bool = True
+    # Ray actors that split the parts between them, each loading the run once and writing its own part files
+    # (on a cluster `output` must be a path every node sees). 1: this process alone, without Ray.
+    workers: int = Field(1, gt=0)
+    worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs per worker (and its torch threads, rounded up)
+    worker_gpus: float = Field(0.0, ge=0)  # Ray GPUs per worker (with device=cuda)
+    ray: RayConfig = RayConfig()  # where the workers run: embedded (default) or a cluster address
 
 
 class ExportConfig(Config):
