@@ -82,9 +82,8 @@ def dissect_phase(features: str, output: str, overrides: list[str]) -> dict:
     from kdsr.logs import setup_logging
 
     setup_logging()  # progress on stderr; stdout carries the phase's JSON line
-    cfg = validate_config(
-        DissectConfig, apply_overrides({"features": features, "output": output}, overrides, DissectConfig)
-    )
+    raw = {"features": features, "output": output, "overwrite": True}  # the benchmark's own output, rewritten
+    cfg = validate_config(DissectConfig, apply_overrides(raw, overrides, DissectConfig))
     t = time.perf_counter()
     run_dissect(cfg)
     meta = FeatureStore.open(output).attrs["dissect"]

@@ -69,7 +69,9 @@ def dataset_rows(work: Path, dataset: str) -> list[str]:
     for loss in LOSSES:
         ms = {}
         for path in sorted((work / dataset).glob(f"{loss}-seed*/metrics.json")):
-            ms[int(path.parent.name.rsplit("seed", 1)[1])] = json.loads(path.read_text())
+            m = json.loads(path.read_text())
+            if m.get("test"):  # finished runs only (metrics.json is rewritten after every epoch)
+                ms[int(path.parent.name.rsplit("seed", 1)[1])] = m
         found[loss] = ms
     paired = sorted(set(found["ce"]) & set(found["sampled_softmax"]))
     for loss, ms in found.items():
@@ -136,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "losses")
     ap.add_argument("--beauty-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--books-seeds", type=int, nargs="*", default=[0, 1, 2])
-    # the full softmax costs ~12 min an epoch on Books at one thread: fewer seeds of it fit in a session
+    # the full softmax costs 13-24 min an epoch on Books at one thread here (hours per seed to early stopping)
     ap.add_argument("--books-ce-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--beauty-budget", type=int, nargs=2, default=[40, 5], metavar=("EPOCHS", "PATIENCE"))
-    ap.add_argument("--books-budget", type=int, nargs=2, default=[8, 2], metavar=("EPOCHS", "PATIENCE"))
+    ap.add_argument("--books-budget", type=int, nargs=2, default=[40, 3], metavar=("EPOCHS", "PATIENCE"))
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--collect", action="store_true")
     args = ap.parse_args(argv)

@@ -96,7 +96,8 @@ def write_configs(work: Path, n_items: int, args) -> dict[str, Path]:
             "dataset": str(work / "data"),
             "output": {"path": str(work / "features/text")},
         },
-        "dissect": {"features": str(work / "features/text"), "dataset": str(work / "data")},
+        # a rerun of the bench replaces the dissection it wrote before
+        "dissect": {"features": str(work / "features/text"), "dataset": str(work / "data"), "overwrite": True},
         "train": {
             "dataset": str(work / "data"),
             "out_dir": str(work / "train"),

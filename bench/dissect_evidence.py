@@ -86,6 +86,7 @@ def main() -> int:
                     "features": features,
                     "output": str(work / f"{name}.{run}.dissect.zarr"),
                     "dataset": dataset,
+                    "overwrite": True,  # this script's own outputs, rewritten on each run
                     **overrides,
                 }
             )

@@ -54,7 +54,7 @@ class DissectConfig(Config):
     output: str | None = None  # default: <features without .zarr>.dissect.zarr beside the input
     dataset: str | None = None  # prepared dataset: its item order is checked, its train sequences give pairs
     seed: int = 0
-    overwrite: bool = True  # the output is derived from input + config only, so a re-run replaces it
+    overwrite: bool = False  # replace an existing output (only ever a kdsr store); false: refuse it
     max_memory_gb: float = Field(8.0, gt=0)  # refuse to hold the reduced N x d matrix beyond this
     reduce: ReduceConfig = ReduceConfig()
     facets: FacetConfig = FacetConfig()

@@ -16,6 +16,7 @@ import torch
 
 from feature_store.store import FeatureStore, StoreError
 from feature_store.teacher import usable_rows
+from kdsr.progress import Progress
 
 from .config import ReduceConfig
 
@@ -119,7 +120,9 @@ def _covariance(
     gram = torch.zeros(D, D, dtype=torch.float64)
     total = torch.zeros(D, dtype=torch.float64)
     shift, n = None, 0
-    for i, (_, block, ok) in enumerate(_blocks(store, starts, step, mask)):
+    progress = Progress(len(starts), "dissect: pca fit", "blocks", bar=False, logger=log)
+    for _, block, ok in _blocks(store, starts, step, mask):
+        progress.update(1, rows=f"{n:,}")  # rows: usable rows summed before this block
         x = torch.from_numpy(block[ok].astype(np.float32))
         if x.shape[0] == 0:
             continue
@@ -129,7 +132,6 @@ def _covariance(
         gram += (x.T @ x).double()
         total += x.sum(0).double()
         n += x.shape[0]
-        log.info("pca fit: block %d/%d (%s rows)", i + 1, len(starts), f"{n:,}")
     if n == 0:
         return gram, total, 0
     shifted_mean = total / n
@@ -250,7 +252,8 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, bl
     step, starts = block_starts(src, block_rows)
     src_errors = src.group["errors"] if "errors" in src.group else None
     zero_rows = 0
-    for i, start in enumerate(starts):
+    progress = Progress(src.n_items, "dissect: reduce", "rows", bar=False, logger=log)
+    for start in starts:
         block = np.asarray(src.embeddings[start : start + step])
         ok = usable_rows(block, mask[start : start + step])
         errs = (
@@ -272,6 +275,6 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, bl
                 mask=ok[a - start : b - start],
                 errors=list(errs[a - start : b - start]),
             )
-        if (i + 1) % 10 == 0 or i + 1 == len(starts):
-            log.info("reduce: %s/%s rows written", f"{min(start + step, src.n_items):,}", f"{src.n_items:,}")
+        progress.update(len(block))
+    progress.close()
     return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows}

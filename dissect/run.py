@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from feature_store.store import FeatureStore, StoreError
+from feature_store.store import FeatureStore, StoreError, check_output
 from kdsr.config import config_to_dict
 from kdsr.dataset import PreparedDataset
+from kdsr.files import input_overlap
 
 from .codebook import CodebookError, assign_codes, cooccur_pairs, facet_similarity, fit_codebook, uniform_pairs
 from .config import DissectConfig
@@ -115,8 +116,13 @@ def open_inputs(cfg: DissectConfig) -> tuple[FeatureStore, PreparedDataset | Non
 
 def check_before_work(cfg: DissectConfig, src: FeatureStore, out: str) -> None:
     """Refuse an output, memory budget, F or K that cannot work before any long pass over the store."""
-    if Path(out).resolve() == Path(cfg.features).resolve():
-        raise StoreError(f"{out}: the dissection output must not be the input store")
+    overlap = input_overlap(out, [cfg.features])
+    if overlap:
+        raise StoreError(
+            f"{out}: the dissection output {overlap[1]} the input store {cfg.features}; it must not be the input "
+            "store, contain it or sit inside it (set output to another path)"
+        )
+    check_output(out, inputs(cfg))  # first: overwrite would not help with a folder that is not a store
     if Path(out).exists() and not cfg.overwrite:
         raise StoreError(f"{out}: already exists; set overwrite=true to replace it")
     n_items, dim = src.n_items, (src.dim if cfg.reduce.method == "none" else cfg.reduce.dim)
@@ -137,6 +143,11 @@ def check_before_work(cfg: DissectConfig, src: FeatureStore, out: str) -> None:
         chunk_facets(dim, cfg.facets.n_facets)
 
 
+def inputs(cfg: DissectConfig) -> list[str | None]:
+    """What the stage reads: its output may never be, contain or sit inside one of them."""
+    return [cfg.features, cfg.dataset]
+
+
 def create_output(cfg: DissectConfig, src: FeatureStore, out: str, dim: int) -> FeatureStore:
     """The output store: the input's items and shard size, float32 rows of the reduced width."""
     return FeatureStore.create(
@@ -146,6 +157,7 @@ def create_output(cfg: DissectConfig, src: FeatureStore, out: str, dim: int) -> 
         dtype="float32",
         shard_size=src.shard_size,
         overwrite=cfg.overwrite,
+        inputs=inputs(cfg),
         attrs={"source_store": str(cfg.features), "source_fingerprint": src.attrs.get("item_fingerprint")},
     )
 

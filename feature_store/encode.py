@@ -25,8 +25,9 @@ import numpy as np
 from feature_store.config import EncodeConfig, EncoderConfig, RayConfig
 from feature_store.models import ResolvedModel, resolve_model
 from feature_store.planner import Plan, plan_cpu, plan_gpu
-from feature_store.store import FeatureStore, StoreError, fingerprint
+from feature_store.store import FeatureStore, StoreError, check_output, fingerprint
 from kdsr.dataset import PreparedDataset
+from kdsr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class ShardEncoder:
 
     def dim(self) -> int:
         return self.embedder.dim
+
+    def niceness(self) -> int:
+        return os.nice(0)
 
     def encode(self, shard: int, inputs: list[str | None], reasons: list[str]) -> dict[str, Any]:
         """Embed one shard's inputs (None = known to be unusable, reason given) and write the shard."""
@@ -213,6 +217,7 @@ def open_existing(cfg: EncodeConfig, ids: list[str], prov: dict[str, Any]) -> Fe
     """The store at output.path to resume, checked against this run's settings; None when there is none
     (or output.overwrite is set). A local path holding something else is an error, never overwritten."""
     out = cfg.output
+    check_output(out.path, [cfg.dataset])  # before Ray starts: never into an input, nor over what is not ours
     remote = "://" in out.path
     if out.overwrite or not (remote or Path(out.path).exists()):
         return None
@@ -221,9 +226,7 @@ def open_existing(cfg: EncodeConfig, ids: list[str], prov: dict[str, Any]) -> Fe
     except StoreError:
         if remote:  # "absent" and "not a store" look alike remotely; create (mode w-) refuses existing data
             return None
-        raise StoreError(
-            f"{out.path}: exists and is not a feature store; choose another output.path or set output.overwrite=true"
-        ) from None
+        raise
     check_resumable(
         store, {**prov, "item_fingerprint": fingerprint(ids), "dtype": out.dtype, "shard_size": out.shard_size}
     )
@@ -239,32 +242,6 @@ def check_resumable(store: FeatureStore, expected: dict[str, Any]) -> None:
             f"{store.path}: existing store was made with different settings ({lines}); "
             "set output.overwrite=true to re-encode, or choose another output.path"
         )
-
-
-class Progress:
-    """Items/s and ETA in the log every `every_s` seconds."""
-
-    def __init__(self, total: int, every_s: float):
-        self.total, self.every_s, self.done, self.errors = total, every_s, 0, 0
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, items: int, errors: int) -> None:
-        self.done += items
-        self.errors += errors
-        now = time.perf_counter()
-        if now - self.last >= self.every_s or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info(
-                "encode: %d/%d items (%.0f%%), %d errors, %.0f items/s, ETA %.0f s",
-                self.done,
-                self.total,
-                100 * self.done / max(self.total, 1),
-                self.errors,
-                rate,
-                eta,
-            )
 
 
 @dataclass
@@ -320,6 +297,7 @@ def encode_with_ray(
         log.info("plan: %s%s", plan.describe(), "".join(f" [{n}]" for n in plan.notes))
         actors = start_actors(cfg, work, plan)
         store = ready_store(cfg, work, store, ray.get(actors[0].dim.remote()))
+        warn_if_deprioritised(ray.get(actors[0].niceness.remote()))
         pending = store.pending_shards()
         t_ready = time.perf_counter()
         log.info(
@@ -337,6 +315,21 @@ def encode_with_ray(
         if owns_ray:
             ray.shutdown()
     return store, plan, results, t_ready
+
+
+def warn_if_deprioritised(worker_nice: int) -> None:
+    """Ray starts its workers at nice 15 by default: say so, since any other job on the cores then starves the
+    encode, and say how to change it."""
+    driver_nice = os.nice(0)
+    if worker_nice > driver_nice:
+        log.warning(
+            "Ray runs the encode's workers at nice %d (this driver at %d): other work on these cores goes first "
+            "and can slow the encode to a crawl (progress lines keep coming: slow, not hung). To run them at normal "
+            "priority, set RAY_worker_niceness=0 in the environment of `kdsr encode` (embedded Ray) or of "
+            "`ray start` (a cluster).",
+            worker_nice,
+            driver_nice,
+        )
 
 
 def start_actors(cfg: EncodeConfig, work: Work, plan: Plan) -> list:
@@ -371,6 +364,7 @@ def ready_store(cfg: EncodeConfig, work: Work, store: FeatureStore | None, dim: 
             shard_size=out.shard_size,
             attrs=work.provenance,
             overwrite=out.overwrite,
+            inputs=[cfg.dataset],
         )
     if store.dim != dim:
         raise StoreError(f"{out.path}: store has {store.dim} dims, the model gives {dim}")
@@ -401,8 +395,10 @@ def dispatch(store: FeatureStore, pending: list[int], inputs, reasons, actors, e
     queue = deque(pending)
     inflight: dict[Any, Any] = {}
     load = {i: 0 for i in range(len(actors))}
-    progress = Progress(sum(b - a for a, b in map(store.shard_rows, pending)), every_s)
-    results = []
+    progress = Progress(
+        sum(b - a for a, b in map(store.shard_rows, pending)), "encode", "items", bar=False, every_s=every_s, logger=log
+    )
+    results, errors = [], 0
     while queue or inflight:
         for i, actor in enumerate(actors):
             while queue and load[i] < INFLIGHT_PER_ACTOR:
@@ -410,7 +406,10 @@ def dispatch(store: FeatureStore, pending: list[int], inputs, reasons, actors, e
                 a, b = store.shard_rows(s)
                 inflight[actor.encode.remote(s, inputs[a:b], reasons[a:b])] = (s, i)
                 load[i] += 1
-        done, _ = ray.wait(list(inflight), num_returns=1)
+        # a timeout, so a line comes every every_s even while no shard finishes (a starved encode is not a hung one)
+        done, _ = ray.wait(list(inflight), num_returns=1, timeout=every_s)
+        if not done:
+            progress.update(0, errors=errors)
         for ref in done:
             s, i = inflight.pop(ref)
             load[i] -= 1
@@ -419,5 +418,7 @@ def dispatch(store: FeatureStore, pending: list[int], inputs, reasons, actors, e
             except Exception as e:
                 raise RuntimeError(f"shard {s} (rows {store.shard_rows(s)}) failed: {e}") from e
             results.append(r)
-            progress.update(r["items"], r["errors"])
+            errors += r["errors"]
+            progress.update(r["items"], errors=errors)
+    progress.close()
     return results

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.config import ImportConfig
-from feature_store.store import FeatureStore, StoreError
+from feature_store.store import FeatureStore, StoreError, check_output
 from kdsr.errors import KdsrError
 from kdsr.files import file_sha256
 
@@ -132,7 +132,8 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
     else:
         target = list(ids)
     out, mask, errors, summary = align_rows(matrix, ids, target)
-    output = cfg.output
+    output, inputs = cfg.output, [cfg.source, cfg.ids, cfg.dataset]
+    check_output(output.path, inputs)  # first: overwrite would not help with a folder that is not a store
     if not output.overwrite and Path(output.path).exists():
         raise StoreError(f"{output.path}: exists; set output.overwrite=true to replace it")
     store = FeatureStore.create(
@@ -143,6 +144,7 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
         shard_size=output.shard_size,
         attrs=store_attrs(cfg, summary),
         overwrite=output.overwrite,
+        inputs=inputs,
     )
     for shard in range(store.n_shards):
         a, b = store.shard_rows(shard)

@@ -18,10 +18,12 @@ There is no padding row: the trainer prepends its own zero row 0.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,13 @@ import zarr
 
 from kdsr import __version__
 from kdsr.errors import KdsrError
+from kdsr.files import input_overlap
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Written with the group itself by every `FeatureStore.create`: they mark a store this project wrote, the only
+# thing an overwrite may remove.
+OWN_ATTRS = ("kdsr_version", "item_fingerprint")
+ZARR_METADATA = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
 
 
 class StoreError(KdsrError, ValueError):
@@ -50,6 +57,63 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+def check_output(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse an output path whose replacement could lose data: Zarr's overwrite deletes the whole path first,
+    so it must hold nothing but a store this project wrote, and must not be, contain or sit inside an input."""
+    overlap = input_overlap(path, inputs)
+    if overlap:
+        inp, how = overlap
+        raise StoreError(f"{path}: the output {how} the input {inp}; choose an output path outside the inputs")
+    why = _not_a_store(str(path))
+    if why:
+        raise StoreError(
+            f"{path}: exists and is not a kdsr feature store ({why}); it is never removed or written into: "
+            "choose another output path"
+        )
+
+
+def _not_a_store(path: str) -> str | None:
+    """Why what is at `path` is not a kdsr store that may be replaced; None when nothing (or an empty folder)
+    is there or it is one: a Zarr group with kdsr's attributes and nothing beside its own arrays."""
+    if _is_url(path):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        try:
+            names = {PurePosixPath(p.rstrip("/")).name for p in fs.ls(root, detail=False)}
+        except FileNotFoundError:
+            return None
+    else:
+        if not os.path.lexists(path):
+            return None
+        if Path(path).is_symlink():
+            return "a symbolic link"
+        if not Path(path).is_dir():
+            return "a file"
+        names = set(os.listdir(path))
+    if not names:
+        return None
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:  # zarr raises several types for "not a group"
+        return f"no Zarr group; holds {_some(names)}"
+    missing = [k for k in OWN_ATTRS if k not in group.attrs]
+    if missing:
+        return f"a Zarr group without kdsr's attributes {', '.join(missing)}"
+    with warnings.catch_warnings():  # zarr warns about each foreign entry while listing the members
+        warnings.simplefilter("ignore")
+        members = set(group.keys())
+    foreign = names - ZARR_METADATA - members
+    if foreign:
+        return f"it also holds {_some(foreign)}"
+    return None
+
+
+def _some(names: set[str], n: int = 5) -> str:
+    shown = sorted(names)[:n]
+    return ", ".join(shown) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 @dataclass
 class FeatureStore:
     path: str
@@ -67,24 +131,17 @@ class FeatureStore:
         shard_size: int = 1024,
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
+        inputs: Iterable[str | Path | None] = (),
     ) -> FeatureStore:
-        """A new, empty store of len(item_ids) x dim; shards are then written with `write_shard`."""
+        """A new, empty store of len(item_ids) x dim; shards are then written with `write_shard`. `overwrite`
+        replaces only a store this project wrote, and never one that is, contains or sits inside `inputs`
+        (the files and folders the caller reads)."""
         if dtype not in ("float16", "float32"):
             raise StoreError(f"{path}: dtype must be float16 or float32, got {dtype!r}")
         n = len(item_ids)
         if n == 0 or dim <= 0 or shard_size <= 0:
             raise StoreError(f"{path}: cannot create a store of {n} items x {dim} dims, shard size {shard_size}")
-        try:
-            group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
-        except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
-            raise StoreError(f"{path}: something is already there; set overwrite to replace it") from None
-        group.create_array("embeddings", shape=(n, dim), chunks=(shard_size, dim), dtype=dtype, fill_value=0)
-        ids = group.create_array("item_ids", shape=(n,), chunks=(n,), dtype=str)
-        ids[:] = np.asarray([str(i) for i in item_ids])
-        group.create_array("mask", shape=(n,), chunks=(shard_size,), dtype=bool, fill_value=False)
-        group.create_array("errors", shape=(n,), chunks=(shard_size,), dtype=str)
-        n_shards = -(-n // shard_size)
-        group.create_array("shards_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False)
+        check_output(path, inputs)
         meta = {
             "kdsr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -95,7 +152,17 @@ class FeatureStore:
             "item_fingerprint": fingerprint(item_ids),
         }
         meta.update(attrs or {})
-        group.attrs.update(meta)
+        try:  # the attributes go in with the group, so even a half-created store is recognisably ours
+            group = zarr.open_group(str(path), mode="w" if overwrite else "w-", attributes=meta)
+        except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+            raise StoreError(f"{path}: something is already there; set overwrite to replace it") from None
+        group.create_array("embeddings", shape=(n, dim), chunks=(shard_size, dim), dtype=dtype, fill_value=0)
+        ids = group.create_array("item_ids", shape=(n,), chunks=(n,), dtype=str)
+        ids[:] = np.asarray([str(i) for i in item_ids])
+        group.create_array("mask", shape=(n,), chunks=(shard_size,), dtype=bool, fill_value=False)
+        group.create_array("errors", shape=(n,), chunks=(shard_size,), dtype=str)
+        n_shards = -(-n // shard_size)
+        group.create_array("shards_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False)
         return cls(str(path), group)
 
     @classmethod

@@ -106,12 +106,19 @@ class Pipeline:
         output: str,
         run: Callable[[Any], Any],
         restart_on_change: bool = False,
+        replaces_output: bool = False,
     ) -> StageResult:
-        """Run one stage unless its output exists under the same cache key."""
+        """Run one stage unless its output exists under the same cache key. `replaces_output`: the stage's
+        output is this pipeline's own (a new key rebuilds it), so its `overwrite` is set, before the key is taken
+        so keys stay those of earlier versions (the store still refuses a path holding what kdsr did not write)."""
+        if replaces_output:
+            cfg.overwrite = True
         key = cache_key(cfg, upstream)
         seen = self.record.get(name, {})
         if not self.force and seen.get("key") == key and seen.get("done") and Path(output).exists():
             log.info("%s: cached (config and inputs unchanged) -> %s", name, output)
+            if seen.get("summary"):
+                log.info("%s: %s", name, json.dumps(seen["summary"], default=str))
             result = StageResult(name, Path(output), key, True, 0.0)
         else:
             log.info("%s: running %s -> %s", name, ref.config, output)
@@ -120,8 +127,10 @@ class Pipeline:
                 # a model trained on the old inputs. (Same key, not done: an interrupted run, which resumes.)
                 cfg.resume = False
             t0 = time.perf_counter()
-            run(cfg)
+            summary = run(cfg)
             result = StageResult(name, Path(output), key, False, time.perf_counter() - t0)
+            # the line the stage prints on its own (`kdsr prepare ...`), so the pipeline's log reads the same
+            log.info("%s: done in %.0f s: %s", name, result.seconds, json.dumps(summary, default=str))
             self.record[name] = {
                 "key": key,
                 "done": True,
@@ -129,6 +138,7 @@ class Pipeline:
                 "seconds": round(result.seconds, 1),
                 "config": ref.config,
                 "overrides": [*ref.overrides, *extra],
+                "summary": json.loads(json.dumps(summary, default=str)),
             }
             write_json_atomic(self.record_path, self.record)
         self.results[name] = result
@@ -155,7 +165,8 @@ class Pipeline:
         feats = self.stage("encode", enc_cfg, c.encode, extra, [data.key], enc_cfg.output.path, run_encode)
         extra = [f"features={feats.output}", f"dataset={data.output}"]
         dis_cfg = load(DissectConfig, c.dissect, extra)
-        diss = self.stage("dissect", dis_cfg, c.dissect, extra, [feats.key], dis_cfg.resolved_output(), run_dissect)
+        out = dis_cfg.resolved_output()
+        diss = self.stage("dissect", dis_cfg, c.dissect, extra, [feats.key], out, run_dissect, replaces_output=True)
         runs = []
         for variant in c.train:
             base = load(TrainConfig, variant, [])

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kdsr.errors import KdsrError
+from kdsr.files import write_text_atomic
 
 C = TypeVar("C", bound="Config")
 
@@ -173,7 +174,5 @@ def config_to_dict(cfg: BaseModel) -> dict:
 
 def save_config(cfg: BaseModel, out_dir: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config (defaults filled in, overrides applied) next to a run's outputs."""
-    out = Path(out_dir) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return out
+    # atomic: a resume and the pipeline trust this file
+    return write_text_atomic(Path(out_dir) / name, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

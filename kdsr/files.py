@@ -1,11 +1,13 @@
 """Writes that a later run trusts: to a temporary name beside the target, then renamed into place, so a kill
-leaves either the old file or the new one, never a truncated one; and the file hash that provenance records."""
+leaves either the old file or the new one, never a truncated one; the file hash that provenance records; and
+the check that an output a stage replaces is not one of its inputs."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,37 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()[:16]
+
+
+def input_overlap(output: str | Path, inputs: Iterable[str | Path | None]) -> tuple[str, str] | None:
+    """(input, how) for the first input that `output` is, contains or sits inside, else None: a stage that
+    replaces `output` removes the whole folder, so it must never hold (or be held by) what the stage reads.
+    Local paths are compared resolved (symlinks, `..`); URLs as strings."""
+    out = _comparable(output)
+    for inp in inputs:
+        if inp is None or str(inp) == "":
+            continue
+        other = _comparable(inp)
+        if type(other) is not type(out):  # a local path and a URL never overlap
+            continue
+        if out == other:
+            return str(inp), "is"
+        if _inside(other, out):
+            return str(inp), "contains"
+        if _inside(out, other):
+            return str(inp), "sits inside"
+    return None
+
+
+def _comparable(path: str | Path) -> Path | str:
+    text = str(path)
+    if "://" in text:
+        return text.rstrip("/")
+    return Path(text).expanduser().resolve()
+
+
+def _inside(a: Path | str, b: Path | str) -> bool:
+    """True when `a` is strictly below `b`."""
+    if isinstance(a, Path):
+        return a != b and a.is_relative_to(b)
+    return a.startswith(b + "/")

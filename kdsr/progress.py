@@ -29,6 +29,8 @@ class Progress:
         self.done = self.start = initial
         self.log = logger or logging.getLogger("kdsr.progress")
         self.t0 = self.last = time.perf_counter()
+        self.logged = initial  # the count the last log line showed
+        self.postfix: dict = {}
         live = bar and sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True) if live else None
 
@@ -41,8 +43,9 @@ class Progress:
             return
         now = time.perf_counter()
         if now - self.last >= self.every_s:
-            self.last = now
+            self.last, self.logged = now, self.done
             self.log.info("%s", self.line(now, postfix))
+        self.postfix = postfix
 
     def line(self, now: float, postfix: dict | None = None) -> str:
         rate = (self.done - self.start) / max(now - self.t0, 1e-9)
@@ -54,5 +57,9 @@ class Progress:
         )
 
     def close(self) -> None:
+        """Close the bar; without one, log the final count unless the last line already showed it."""
         if self.bar is not None:
             self.bar.close()
+        elif self.logged != self.done:
+            self.logged = self.done
+            self.log.info("%s", self.line(time.perf_counter(), self.postfix))

@@ -18,13 +18,11 @@ name the bad line. Metadata is parsed line by line (the 2014 format is not JSON)
 from __future__ import annotations
 
 import ast
-import concurrent.futures
 import gzip
 import io
 import json
 import logging
-import shutil
-import socket
+import os
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,8 +30,8 @@ from pathlib import Path
 import polars as pl
 
 from kdsr.dataset import IMAGE_COLUMN
-from kdsr.errors import KdsrError
 from prepare.config import AmazonSource
+from prepare.fetch import DownloadError, check_reachable, fetch
 from prepare.readers import InputError, Raw, text_column
 
 log = logging.getLogger(__name__)
@@ -67,77 +65,66 @@ REVIEW_KEYS = {
 META_KEY = {"2014": "asin", "2018": "asin", "2023": "parent_asin"}
 
 
-class DownloadError(KdsrError):
-    """The official files cannot be fetched (offline, unknown category, server error)."""
-
-
 def official_urls(version: str, category: str) -> dict[str, str]:
     base, reviews, meta = URLS[version]
     return {"reviews": base + reviews.format(category), "meta": base + meta.format(category)}
 
 
-def local_paths(src: AmazonSource) -> dict[str, Path]:
-    """Where the config's files are: explicit paths, else download_dir/<version>/<official file name>."""
+def source_urls(src: AmazonSource, mirror: str | None = None) -> dict[str, str]:
+    """Where each file comes from: the config's URLs, else the official ones of its category; a mirror (a base
+    URL, e.g. KDSR_DATA_MIRROR) keeps the file names and replaces the rest."""
     urls = official_urls(src.version, src.category) if src.category else {}
+    urls |= {k: u for k, u in (("reviews", src.reviews_url), ("meta", src.meta_url)) if u}
+    if mirror:
+        urls = {k: mirror.rstrip("/") + "/" + urllib.parse.urlparse(u).path.rsplit("/", 1)[1] for k, u in urls.items()}
+    return urls
+
+
+def local_paths(src: AmazonSource) -> dict[str, Path]:
+    """Where the config's files are: explicit paths, else download_dir/<version>/<file name of its URL>."""
+    urls = source_urls(src)
     out = {}
     for kind in ("reviews", "meta"):
         given = getattr(src, kind)
         if given is not None:
-            out[kind] = Path(given)
-        elif urls:
-            out[kind] = Path(src.download_dir) / src.version / Path(urllib.parse.urlparse(urls[kind]).path).name
+            out[kind] = Path(given).expanduser()
+        elif kind in urls:
+            name = Path(urllib.parse.urlparse(urls[kind]).path).name
+            out[kind] = Path(src.download_dir).expanduser() / src.version / name
     return out
 
 
-def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = None) -> dict[str, Path]:
-    """Fetch the category's reviews and metadata unless present. Fails within `timeout` s when offline."""
-    if not src.category:
+def download(src: AmazonSource, timeout: float = 5.0, base_url: str | None = None, hint: str = "") -> dict[str, Path]:
+    """Fetch the source's reviews and metadata unless present (checksummed, resumable: prepare/fetch.py).
+    Fails within `timeout` s when offline, with `hint` appended to the message."""
+    urls = source_urls(src, base_url)
+    if not urls:
         raise DownloadError("amazon.category is not set: pass --download CATEGORY")
-    urls = official_urls(src.version, src.category)
-    if base_url is not None:  # a mirror (and the tests' unreachable host)
-        urls = {
-            k: base_url.rstrip("/") + "/" + urllib.parse.urlparse(u).path.rsplit("/", 1)[1] for k, u in urls.items()
-        }
     paths = local_paths(src.model_copy(update={"reviews": None, "meta": None}))
-    _check_reachable(urls["reviews"], timeout)
+    if not all(paths[kind].exists() for kind in urls):
+        hint = hint or " (and the metadata file) and set amazon.reviews / amazon.meta"
+        check_reachable(urls["reviews"], timeout, hint)
     for kind, url in urls.items():
-        dest = paths[kind]
-        if dest.exists():
-            log.info("%s: %s (already there)", kind, dest)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
-                shutil.copyfileobj(resp, f, length=1 << 20)
-        except Exception as e:
-            part.unlink(missing_ok=True)
-            raise DownloadError(
-                f"cannot download {url}: {e} (is {src.category!r} a {src.version} category name?)"
-            ) from None
-        part.rename(dest)
-        log.info("%s: %s (downloaded from %s)", kind, dest, url)
+            fetch(url, paths[kind], src.sha256.get(kind))
+        except DownloadError as e:
+            if "HTTP 404" in str(e) and src.category:
+                raise DownloadError(f"{e} (is {src.category!r} a {src.version} category name?)") from None
+            raise
     return paths
 
 
-def _check_reachable(url: str, timeout: float) -> None:
-    """Resolve and connect within `timeout` s (DNS included), so an offline machine fails at once."""
-    parts = urllib.parse.urlparse(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-
-    def connect() -> None:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        pool.submit(connect).result(timeout=timeout)
-    except Exception as e:
-        raise DownloadError(
-            f"cannot reach {parts.hostname}:{port} within {timeout:.0f} s ({type(e).__name__}: {e}); no internet here? "
-            f"Download {url} (and the metadata file) by hand and set amazon.reviews / amazon.meta"
-        ) from None
-    finally:
-        pool.shutdown(wait=False)
+def read_fallback(missing: str, src: AmazonSource, bad_rows: str) -> Raw:
+    """The public dumps that stand in for a missing prepared table: downloaded into src.download_dir unless
+    there (KDSR_DATA_MIRROR names another base URL), then read as any Amazon source."""
+    urls = source_urls(src, os.environ.get("KDSR_DATA_MIRROR"))
+    log.info("%s: not found; using the same data from its public source: %s", missing, ", ".join(urls.values()))
+    hint = (
+        f" (and {urls['meta']}) into {Path(src.download_dir).expanduser() / src.version}, or set KDSR_DATA_DIR "
+        f"to a folder holding {Path(missing).parent.name}/{Path(missing).name}"
+    )
+    paths = download(src, base_url=os.environ.get("KDSR_DATA_MIRROR"), hint=hint)
+    return read_amazon(src.model_copy(update={k: str(v) for k, v in paths.items()}), bad_rows)
 
 
 def read_amazon(src: AmazonSource, bad_rows: str = "error") -> Raw:

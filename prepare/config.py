@@ -65,7 +65,13 @@ class AmazonSource(Config):
     reviews: str | None = None
     meta: str | None = None
     category: str | None = None
-    download_dir: str = "data/amazon"
+    download_dir: str = "data/amazon"  # `~` is the user's home
+    # Where to download from; None: the official URL of `category` (the names above follow these URLs).
+    reviews_url: str | None = None
+    meta_url: str | None = None
+    # Published SHA-256 of the downloaded files ({reviews: ..., meta: ...}); a file without one is pinned on its
+    # first download (<file>.sha256 beside it) and checked against that ever after.
+    sha256: dict[Literal["reviews", "meta"], str] = {}
     text_fields: list[str] = ["title"]
     # Metadata field with the item's images, written to items.parquet as `image` (one URL; not subject to
     # require_text): 2023 `images` (first image's hi_res, else large), 2018 `imageURLHighRes`/`image`, 2014 `imUrl`.
@@ -130,6 +136,9 @@ class PrepareConfig(Config):
     recbole_split: RecboleSplitSource | None = None
     amazon: AmazonSource | None = None
     huggingface: HuggingFaceSource | None = None
+    # When the table source's files are missing (no KDSR_DATA_DIR, no ../shared/data): the same data from its
+    # public Amazon dumps, downloaded into fallback.download_dir once (KDSR_DATA_MIRROR: another base URL).
+    fallback: AmazonSource | None = None
     filter: FilterConfig = FilterConfig()
     policy: PolicyConfig = PolicyConfig()
     split: SplitConfig = SplitConfig()
@@ -154,8 +163,12 @@ class PrepareConfig(Config):
                 f"{self.source_kind}.text_fields has {IMAGE_COLUMN!r}, the column image_field is written to; "
                 "rename or drop it"
             )
-        if self.amazon is not None and self.amazon.reviews is None and self.amazon.category is None:
-            raise ValueError("amazon: set reviews (a path) or category (files under download_dir)")
+        for key in ("amazon", "fallback"):
+            src = getattr(self, key)
+            if src is not None and src.reviews is None and src.category is None and src.reviews_url is None:
+                raise ValueError(f"{key}: set reviews (a path), reviews_url or category (files under download_dir)")
+        if self.fallback is not None and self.table is None:
+            raise ValueError("fallback: only for a `table` source (the prepared Parquet files it stands in for)")
         if self.filter.rating_threshold is not None and self.source_kind in ("table", "huggingface"):
             if self.source.columns.rating is None:
                 raise ValueError(f"filter.rating_threshold needs {self.source_kind}.columns.rating")

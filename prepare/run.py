@@ -36,6 +36,10 @@ INTERACTION_DROPS = (
 
 def read_source(cfg: PrepareConfig) -> Raw:
     kind = cfg.source_kind
+    if cfg.fallback is not None and not Path(cfg.table.interactions).exists():
+        from prepare.amazon import read_fallback
+
+        return read_fallback(cfg.table.interactions, cfg.fallback, cfg.policy.bad_rows)
     if kind == "table":
         from prepare.readers import read_table_source
 
@@ -55,6 +59,10 @@ def read_source(cfg: PrepareConfig) -> Raw:
 
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Build the dataset folder at cfg.output_dir; log and return its one-line summary."""
+    from prepare.output import check_replaceable
+
+    out = Path(cfg.output_dir)
+    check_replaceable(cfg, out, out.with_name(out.name + ".tmp"))  # before reading: a refusal costs nothing
     raw = read_source(cfg)
     inter, extra = process(raw, cfg)
     out, stats = write(cfg, raw, inter, extra)
@@ -152,16 +160,21 @@ def write(cfg: PrepareConfig, raw: Raw, inter: pl.DataFrame, extra: dict) -> tup
     stats = build_stats(cfg, raw, interactions, items, users, dropped, extra, read_items)
     _check_accounting(stats)
 
+    from prepare.output import check_replaceable
+
     out = Path(cfg.output_dir)
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_replaceable(cfg, out, tmp)  # both are removed below: only ever our own folders, never an input
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     items.write_parquet(tmp / "items.parquet")
     users.write_parquet(tmp / "users.parquet")
     interactions.write_parquet(tmp / "interactions.parquet")
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     save_config(cfg, tmp)
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():
+        shutil.rmtree(out)
     tmp.rename(out)  # a half-written folder never looks like a finished dataset
     return out, stats
 

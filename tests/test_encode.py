@@ -104,7 +104,7 @@ def test_bad_model_or_output_is_reported_without_traceback(beauty, tmp_path, cap
     assert "kdsr encode: error: model '/no/such/model'" in err and "Traceback" not in err
     (tmp_path / "file").write_text("not a store")
     assert encode_job.main([CONFIG, f"dataset={beauty.path}", f"output.path={tmp_path / 'file'}"]) == 1
-    assert "exists and is not a feature store" in capsys.readouterr().err
+    assert "exists and is not a kdsr feature store" in capsys.readouterr().err
     assert encode_job.main([CONFIG, f"dataset={tmp_path / 'missing'}", f"output.path={tmp_path / 's'}"]) == 1
     assert "not a prepared dataset" in capsys.readouterr().err
 
@@ -112,3 +112,17 @@ def test_bad_model_or_output_is_reported_without_traceback(beauty, tmp_path, cap
 def test_bad_config_is_refused_with_the_key(capsys):
     assert encode_job.main([CONFIG, "encoder.polling=mean"]) == 2
     assert "encoder.polling" in capsys.readouterr().err
+
+
+def test_a_lower_worker_priority_is_announced_with_the_fix(caplog):
+    import os
+
+    from feature_store.encode import warn_if_deprioritised
+
+    with caplog.at_level("WARNING", logger="feature_store.encode"):
+        warn_if_deprioritised(os.nice(0))
+        assert not caplog.records
+        warn_if_deprioritised(os.nice(0) + 1)
+    (record,) = caplog.records
+    assert f"workers at nice {os.nice(0) + 1} (this driver at {os.nice(0)})" in record.message
+    assert "RAY_worker_niceness=0" in record.message

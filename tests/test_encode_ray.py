@@ -57,7 +57,7 @@ def _kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
             pass
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir, capsys):
     ds = make_prepared(tmp_path / "beauty", data_dir, limit=1200)
     out = tmp_path / "store"
     args = [
@@ -91,7 +91,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     done_before, pending = np.flatnonzero(store.group["shards_done"][:]).tolist(), store.pending_shards()
     assert done_before and pending and "encode_runs" not in store.attrs
 
+    capsys.readouterr()
     assert encode_job.main(args) == 0
+    # progress lines (rate, ETA) every progress_every_s, and why a starved encode is slow, not hung
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "feature_store.encode: encode: " in line]
+    assert lines and all("items/s, ETA" in line and "errors" in line for line in lines), err[-3000:]
+    assert lines[-1].rsplit("encode: ", 1)[1].startswith(f"{len(pending) * 50:,}/{len(pending) * 50:,} items (100%)")
+    if os.nice(0) < 19:  # Ray's workers start at nice 15 (capped at 19): below a driver at a higher priority
+        assert "Ray runs the encode's workers at nice" in err and "RAY_worker_niceness=0" in err
     store = FeatureStore.open(out)
     store.check_items(ds.item_original_ids())
     (run,) = store.attrs["encode_runs"]  # the killed run never finished

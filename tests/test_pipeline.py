@@ -38,6 +38,9 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     assert kdsr(["pipeline", str(path)]) == 0
     first = capsys.readouterr().err
     assert "cached" not in first
+    # each stage's own lines and its summary, as `kdsr <stage>` prints them
+    assert "prepare.run: ml-100k: 943 users, " in first and "prepare: done in" in first
+    assert '"n_users": 943' in first and "encode: done in" in first and "train:distilled: done in" in first
     report = (out / "report.md").read_text()
     assert "| ID only |" in report and "| distilled |" in report
     rows = json.loads((out / "comparison.json").read_text())
@@ -56,6 +59,7 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     second = capsys.readouterr().err
     for stage in ("prepare", "encode", "dissect", "train:ID only", "train:distilled"):
         assert f"jobs.pipeline: {stage}: cached" in second
+    assert 'jobs.pipeline: prepare: {"name": "ml-100k", "n_users": 943' in second
 
     # a new dissection re-runs what reads it, from scratch (never resuming the old checkpoint), and only that
     cfg["dissect"]["overrides"].append("seed=1")

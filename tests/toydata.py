@@ -111,6 +111,7 @@ def toy_features(
         output=str(Path(out) / "raw.dissect.zarr"),
         dataset=str(dataset),
         seed=seed,
+        overwrite=True,  # rebuilt under the same path by the tests of a changed dissection
         reduce={"method": "none"},
         facets={"mode": "chunks", "n_facets": n_facets},
         codebook={"n_codes": n_codes, "random_pairs": 2000, "cooccur_pairs": 2000, "n_init": 1},

@@ -8,11 +8,11 @@ Overrides may change only the evaluation and how it runs (ALLOWED: `eval.*`, `de
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from kdsr.config import ConfigError, load_config
+from kdsr.files import write_json_atomic
 from trainer.config import TrainConfig
 from trainer.train import TrainRecipe
 
@@ -44,7 +44,7 @@ def run_evaluate(cfg: TrainConfig) -> dict:
         **{split: recipe.evaluate(split) for split in ("valid", "test")},
     }
     if recipe.accelerator.is_main_process:
-        (recipe.out / "evaluate.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(recipe.out / "evaluate.json", result)
     recipe.accelerator.end_training()
     log.info("test ndcg@10 %.4f hr@10 %.4f -> %s", result["test"]["ndcg@10"], result["test"]["hr@10"], recipe.out)
     return result

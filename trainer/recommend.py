@@ -28,13 +28,13 @@ import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from feature_store.store import FeatureStore
 from kdsr.config import ConfigError, config_to_dict, load_config
 from kdsr.dataset import PreparedDataset
 from kdsr.errors import KdsrError
 from kdsr.files import write_json_atomic
+from kdsr.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import EvalCases, UserSequences, eval_collate, open_dataset
 from trainer.features import stores_identity
@@ -305,8 +305,8 @@ def run_recommend(cfg: RecommendConfig) -> dict:
     todo = [p for p in range(n_parts) if p not in set(done)]
     if done:
         log.info("%s: %d of %d parts already written, resuming", out, len(done), n_parts)
-    bar = tqdm(total=len(users.ids), desc="recommend", unit="user", dynamic_ncols=True, disable=not cfg.progress)
-    bar.update(sum(len(part_rows(cfg, users, p)) for p in done))
+    resumed = sum(len(part_rows(cfg, users, p)) for p in done)
+    bar = Progress(len(users.ids), "recommend", "users", initial=resumed, bar=cfg.progress, logger=log)
     if cfg.workers > 1 and len(todo) > 1:
         fallbacks = recommend_on_ray(cfg, users, todo, out, bar.update)
     else:

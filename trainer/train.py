@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from kdsr.config import ConfigError, config_to_dict, load_config, save_config
+from kdsr.files import write_json_atomic
 from kdsr.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption; any other difference is refused.
 RESUMABLE_KEYS = {"resume", "progress", "checkpoint_every", "num_workers", "epochs", "patience"}
+# Written last into a checkpoint folder, atomically: a folder without it is incomplete and never resumed from.
+COMPLETE_MARKER = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,21 @@ class TrainerState:
     loss_sums: dict[str, float] = field(default_factory=dict)  # running sums of the loss terms in `epoch`
     loss_batches: int = 0  # micro-batches summed into loss_sums
     inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
+
+
+def recover_checkpoint(ckpt: Path) -> Path | None:
+    """checkpoints/last, restored when a kill interrupted `save_checkpoint`'s swap: if `last` is missing, the
+    newest complete folder (tmp, then last.old; complete = has its marker) becomes `last`. None: nothing to
+    resume from."""
+    last = ckpt / "last"
+    if last.exists():
+        return last
+    for candidate in (ckpt / "tmp", ckpt / "last.old"):
+        if (candidate / COMPLETE_MARKER).is_file():
+            log.warning("%s is missing (killed mid-swap); resuming from the complete %s", last, candidate)
+            candidate.rename(last)
+            return last
+    return None
 
 
 def resolve_teacher_placement(cfg: TrainConfig, acc: Accelerator) -> bool:
@@ -280,6 +298,10 @@ class TrainRecipe:
 
     def _resume_or_start(self, write_config: bool) -> None:
         last = self.out / "checkpoints" / "last"
+        if self.cfg.resume:
+            if self.accelerator.is_main_process:
+                recover_checkpoint(self.out / "checkpoints")
+            self.accelerator.wait_for_everyone()
         if self.cfg.resume and last.exists():
             state = self._resumable_state(last)
             self.accelerator.load_state(str(last))
@@ -483,18 +505,25 @@ class TrainRecipe:
 
     # ---- checkpoints and outputs -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Write checkpoints/tmp, then swap it for checkpoints/last: a kill mid-save leaves `last` intact."""
+        """Write checkpoints/tmp completely (its marker last), then swap it in by renames only: last -> last.old,
+        tmp -> last, remove last.old. A kill at any point leaves a complete checkpoint that
+        `recover_checkpoint` finds, so a resume never silently restarts at epoch 0."""
         acc = self.accelerator
-        tmp, last = self.out / "checkpoints" / "tmp", self.out / "checkpoints" / "last"
+        ckpt = self.out / "checkpoints"
+        tmp, last, old = ckpt / "tmp", ckpt / "last", ckpt / "last.old"
         if acc.is_main_process:
+            (tmp / COMPLETE_MARKER).unlink(missing_ok=True)  # first: a half-removed tmp must not look complete
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state)))
-            shutil.rmtree(last, ignore_errors=True)
+            write_json_atomic(tmp / COMPLETE_MARKER, asdict(self.state))
+            if last.exists():
+                shutil.rmtree(old, ignore_errors=True)  # a leftover of a kill after the swap; `last` is newer
+                last.rename(old)
             tmp.rename(last)
+            shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
     def load_best(self) -> None:
@@ -520,7 +549,7 @@ class TrainRecipe:
             "world_size": acc.num_processes,
             "timing": {"epoch_seconds_this_session": self.timings, **peak},
         }
-        (self.out / "metrics.json").write_text(json.dumps(out, indent=2))
+        write_json_atomic(self.out / "metrics.json", out)
 
     def _write_process_report(self) -> None:
         """processes/rank<i>.json (the KDSR_TEST_PROCESS_REPORT test hook): world size and a checksum of this
@@ -533,9 +562,7 @@ class TrainRecipe:
             "device": str(acc.device),
             "param_checksum": math.fsum(float(v.double().sum()) for v in params.values()),
         }
-        path = self.out / "processes" / f"rank{acc.process_index}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report))
+        write_json_atomic(self.out / "processes" / f"rank{acc.process_index}.json", report)
 
     @property
     def ranking_label(self) -> str:

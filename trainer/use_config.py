@@ -39,7 +39,7 @@ class RecommendConfig(Config):
     # Refuse a run whose prepared dataset or feature stores were rebuilt since training (the input identity
     # recorded in checkpoints/last); false uses the run as it is.
     check_inputs: bool = True
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal; off, or not a terminal: a log line with rate and ETA every 30 s
     # Ray actors that split the parts between them, each loading the run once and writing its own part files
     # (on a cluster `output` must be a path every node sees). 1: this process alone, without Ray.
     workers: int = Field(1, gt=0)
