@@ -45,3 +45,24 @@ def train(config: Path, overrides: list[str], log: Path) -> dict:
     m = json.loads((Path(out) / "metrics.json").read_text())
     m["wall_seconds"] = time.perf_counter() - t
     return m
+
+
+def kill_session(proc: subprocess.Popen, sig: int = 9) -> bool:
+    """Signal (SIGKILL by default) the process group of `proc` (started with start_new_session: the job and the
+    Ray processes it spawned), then kill anything left in its session; nothing outside it. True if the job was
+    still running."""
+    import psutil
+
+    alive = proc.poll() is None
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                p.kill()
+        except (ProcessLookupError, psutil.Error, PermissionError):
+            pass
+    return alive

@@ -251,7 +251,7 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, bl
     mask = src.mask()
     step, starts = block_starts(src, block_rows)
     src_errors = src.group["errors"] if "errors" in src.group else None
-    zero_rows = 0
+    zero_rows = nonfinite_rows = 0
     progress = Progress(src.n_items, "dissect: reduce", "rows", bar=False, logger=log)
     for start in starts:
         block = np.asarray(src.embeddings[start : start + step])
@@ -261,9 +261,12 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, bl
             if src_errors is not None
             else np.full(len(block), "", dtype=object)
         ).astype(object)
-        zero = mask[start : start + len(block)] & ~ok
-        zero_rows += int(zero.sum())
-        errs[zero] = "all-zero feature row"
+        dropped = mask[start : start + len(block)] & ~ok
+        finite = np.isfinite(block).all(axis=1)
+        zero_rows += int((dropped & finite).sum())
+        nonfinite_rows += int((dropped & ~finite).sum())
+        errs[dropped & finite] = "all-zero feature row"
+        errs[dropped & ~finite] = "non-finite feature row (NaN or inf)"
         out = np.zeros((len(block), dst.dim), np.float32)
         if ok.any():
             out[ok] = reduction.transform(block[ok])
@@ -277,4 +280,4 @@ def write_reduced(src: FeatureStore, dst: FeatureStore, reduction: Reduction, bl
             )
         progress.update(len(block))
     progress.close()
-    return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows}
+    return {"masked_rows": int((~mask).sum()), "zero_rows": zero_rows, "nonfinite_rows": nonfinite_rows}

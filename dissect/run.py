@@ -80,12 +80,13 @@ def run_dissect(cfg: DissectConfig) -> dict:
     x, usable = dst.read_all("float32"), dst.mask()
     rows = np.flatnonzero(usable)
     log.info(
-        "reduced to %d dims (%s); %s usable rows, %d masked, %d all-zero",
+        "reduced to %d dims (%s); %s usable rows, %d masked, %d all-zero, %d NaN/inf (masked)",
         reduction.dim,
         reduction.method,
         f"{len(rows):,}",
         counts["masked_rows"],
         counts["zero_rows"],
+        counts["nonfinite_rows"],
     )
     if len(rows) < 2:
         raise StoreError(f"{cfg.features}: need at least 2 usable items, found {len(rows)}")

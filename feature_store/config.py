@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdsr.config import Config
 
@@ -29,8 +29,33 @@ class EncoderConfig(Config):
     # Text of an item from its fields, Python format syntax. A missing/null field becomes "".
     template: str = "{title}"
     image_column: str = "image"  # for modality=image: a local path or an http(s) URL per item
-    # http(s) image URLs are fetched as given (any host): use trusted catalogs, or false for local files only.
-    allow_urls: bool = True
+    # Off: local image files only, a URL is a refused row. For a catalog of image URLs (Amazon) set
+    # `allow_urls: true` under `encoder:` (or `encoder.allow_urls=true` on the command line): http(s) only,
+    # refusing hosts that resolve to loopback, private, link-local (cloud metadata), multicast, reserved or
+    # unspecified addresses, checked again on every redirect.
+    allow_urls: bool = False
+    # Also fetch from loopback and private addresses (RFC 1918, IPv6 ULA): intranet catalogs, local test
+    # servers. Link-local (169.254.169.254 cloud metadata), multicast, reserved and unspecified stay refused.
+    allow_private_urls: bool = False
+    url_deadline_s: float = Field(30.0, gt=0)  # whole download of one URL image, redirects included
+    max_image_bytes: int = Field(20_000_000, gt=0)  # a larger download is refused (a catalog image never is)
+    # Larger images are refused from their header, before decoding (a decompression bomb costs nothing).
+    # Pillow's own error at 2x Image.MAX_IMAGE_PIXELS (about 179M) still applies above that.
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    # Pillow formats an image may have (URL or local file); only these decoders ever see the bytes.
+    image_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    # Content-Type a URL may answer with (parameters ignored). Buckets that serve images as
+    # application/octet-stream can add it: image_formats still decides after the bytes arrive.
+    url_content_types: list[str] = [
+        "image/jpeg",
+        "image/jpg",
+        "image/png",
+        "image/webp",
+        "image/gif",
+        "image/bmp",
+        "image/x-ms-bmp",
+        "image/tiff",
+    ]
     # Compute precision. On CPU bf16/fp16 mean autocast over fp32 weights (measured faster than bf16
     # weights here, cosine >= 0.9999 to fp32); on CUDA the weights are loaded in that dtype.
     precision: Precision = "fp32"
@@ -42,6 +67,12 @@ class EncoderConfig(Config):
         if self.modality == "image" and self.pooling == "last_token":
             raise ValueError("pooling last_token is for decoder text models, not images")
         return self
+
+    @field_validator("image_formats", "url_content_types")
+    @classmethod
+    def _case(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        """Pillow names formats in upper case and MIME types are case-insensitive: accept `png` or `Image/PNG`."""
+        return [v.strip().upper() if info.field_name == "image_formats" else v.strip().lower() for v in values]
 
 
 class OutputConfig(Config):

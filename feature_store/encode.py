@@ -110,8 +110,18 @@ class ShardEncoder:
         elif valid:
             emb[valid] = self.embedder.embed([inputs[i] for i in valid])
             mask[valid] = True
+        mask_nonfinite(emb, mask, reasons)
         self.store.write_shard(shard, emb, mask, reasons)
         return {"shard": shard, "items": n, "errors": int(n - mask.sum()), "seconds": time.perf_counter() - t0}
+
+
+def mask_nonfinite(emb: np.ndarray, mask: np.ndarray, reasons: list[str]) -> int:
+    """A model's NaN / inf rows (an fp16 overflow, a broken input) masked in place, with the reason; returns how
+    many. Left in, one such row would poison every cosine the dissection and the teacher compute with it."""
+    bad = np.flatnonzero(mask & ~np.isfinite(emb).all(1))
+    for i in bad:
+        mask[i], emb[i], reasons[i] = False, 0.0, "non-finite embedding (NaN or inf) from the model"
+    return len(bad)
 
 
 # ---- driver side ---------------------------------------------------------------------------------
@@ -234,8 +244,22 @@ def open_existing(cfg: EncodeConfig, ids: list[str], prov: dict[str, Any]) -> Fe
 
 
 def check_resumable(store: FeatureStore, expected: dict[str, Any]) -> None:
+    """Refuse a resume with other settings. A first run from the hub records the commit it resolved to but no
+    weights hash (the actors download the weights); a resume that finds the same commit in the cache and can
+    hash it now is the same model, so the hash it recorded as unknown is filled in, not held against it."""
     have = store.attrs
+    same_commit = have.get("revision") is not None and have.get("revision") == expected.get("revision")
+    if same_commit and have.get("weights_hash") is None and expected.get("weights_hash") is not None:
+        store.update_attrs(weights_hash=expected["weights_hash"])
+        have = store.attrs
     diff = [k for k in RESUME_KEYS if k in expected and have.get(k) != expected[k]]
+    if "revision" in diff:
+        was, now = have.get("revision"), expected.get("revision")
+        raise ResumeMismatchError(
+            f"{store.path}: the model's revision resolved to {now!r} now, but the finished shards were encoded at "
+            f"{was!r} (a moving revision such as `main` moved on the hub?); set encoder.revision={was} to finish "
+            "with the same weights, or output.overwrite=true to re-encode at the new one"
+        )
     if diff:
         lines = "; ".join(f"{k}: store {have.get(k)!r}, config {expected[k]!r}" for k in diff)
         raise ResumeMismatchError(
@@ -261,6 +285,8 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     ds = PreparedDataset.open(cfg.dataset)
     ids, inputs, reasons = build_inputs(cfg, ds)
+    if not ids:  # before Ray starts and the model loads
+        raise StoreError(f"{ds.path / 'items.parquet'}: no items to encode (an empty catalog)")
     resolved = resolve_model(cfg.encoder.model, cfg.encoder.revision)
     work = Work(ds, ids, inputs, reasons, resolved, provenance(cfg, resolved, inputs, ids))
     store = open_existing(cfg, ids, work.provenance)

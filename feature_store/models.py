@@ -85,9 +85,9 @@ def resolve_model(name: str, revision: str | None = None, with_hash: bool = True
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
-    try:  # already in the HF cache: pin the snapshot's commit
+    try:  # already in the HF cache: pin the snapshot's commit (a moving `main` is recorded as the commit it is)
         path = snapshot_download(name, revision=revision, local_files_only=True)
-        return ResolvedModel(name, path, revision or Path(path).name, "hf-cache", digest(path))
+        return ResolvedModel(name, path, Path(path).name, "hf-cache", digest(path))
     except HFValidationError as e:  # neither a directory nor a hub id
         raise ModelError(f"model {name!r}: not a local directory and not a valid hub id ({e})") from None
     except (EntryNotFoundError, FileNotFoundError):  # not cached (LocalEntryNotFoundError is both); others propagate

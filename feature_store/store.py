@@ -234,6 +234,12 @@ class FeatureStore:
         if emb.shape != (stop - start, self.dim):
             raise StoreError(f"{self.path}: shard {shard} expects {(stop - start, self.dim)}, got {emb.shape}")
         mask = np.ones(stop - start, bool) if mask is None else np.asarray(mask, bool)
+        bad = np.flatnonzero(mask & ~np.isfinite(emb).all(1))
+        if bad.size:  # a NaN row would pass every later check (NaN > max is false) and poison the cosines
+            raise StoreError(
+                f"{self.path}: shard {shard} row {start + bad[0]} (and {bad.size - 1} more) holds NaN or inf; "
+                "mask such rows (mask=False) with a reason"
+            )
         if self.embeddings.dtype == np.float16:
             overflow = np.abs(emb[mask]).max(initial=0.0) > FLOAT16_MAX
             if overflow:

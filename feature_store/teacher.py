@@ -25,8 +25,9 @@ IGNORE = -100  # code of a pair with no target: PyTorch's cross-entropy ignore_i
 
 
 def usable_rows(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """mask & not an all-zero row: a zero row has no direction, so its cosines are undefined."""
-    return np.asarray(mask, bool) & np.any(block != 0, axis=1)
+    """mask & finite & not an all-zero row: a zero row has no direction and a NaN row no value, so their
+    cosines are undefined."""
+    return np.asarray(mask, bool) & np.any(block != 0, axis=1) & np.isfinite(block).all(axis=1)
 
 
 def facet_units(x: torch.Tensor, facets: torch.Tensor, n_facets: int) -> torch.Tensor:

@@ -7,8 +7,10 @@ depend on what else is in its batch: with right padding a causal LLM's real toke
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -17,6 +19,8 @@ import torch
 from feature_store.config import EncoderConfig
 from feature_store.models import ModelError
 from kdsr.errors import KdsrError
+
+log = logging.getLogger(__name__)
 
 
 class TemplateError(KdsrError, ValueError):
@@ -28,7 +32,9 @@ def template_fields(template: str) -> list[str]:
 
 
 def render_texts(items: pl.DataFrame, template: str, source: str = "items.parquet") -> list[str]:
-    """One text per item row. A null field renders as "" (the item is masked later if nothing is left)."""
+    """One text per item row. A null field renders as ""; an item whose fields are all empty renders as "" too
+    (masked later as "empty text"), not as the template's fixed words ("This product: "), which would give every
+    such item the same, meaningless embedding."""
     fields = template_fields(template)
     missing = [f for f in fields if f not in items.columns]
     if missing:
@@ -37,7 +43,21 @@ def render_texts(items: pl.DataFrame, template: str, source: str = "items.parque
             f"(columns: {', '.join(items.columns)})"
         )
     cols = {f: ["" if v is None else str(v) for v in items[f].to_list()] for f in fields}
-    return [" ".join(template.format(**{f: cols[f][i] for f in fields}).split()) for i in range(items.height)]
+    texts = []
+    for i in range(items.height):
+        values = {f: cols[f][i] for f in fields}
+        empty = fields and not any(v.strip() for v in values.values())
+        texts.append("" if empty else " ".join(template.format(**values).split()))
+    return texts
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags); None where that cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -79,6 +99,12 @@ class TextEmbedder:
         self.device = device if device == "cpu" else str(next(model.parameters()).device)
         if cfg.pooling == "pooler":
             raise ModelError("pooling 'pooler' is for vision models; text uses mean, cls or last_token")
+        if self.device == "cpu" and cfg.precision == "bf16" and cfg.quantization == "none" and not cpu_has_bf16():
+            log.warning(
+                "encoder.precision bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16 flag): autocast "
+                "emulates it and runs several times slower than fp32 (12x on a 2-core AVX2 EPYC); set "
+                "encoder.precision=fp32"
+            )
         self.dim = int(self.embed(["probe"]).shape[1])
 
     def _autocast(self):

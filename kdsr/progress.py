@@ -49,11 +49,11 @@ class Progress:
 
     def line(self, now: float, postfix: dict | None = None) -> str:
         rate = (self.done - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = f"ETA {(self.total - self.done) / rate:.0f} s" if rate > 0 else "ETA unknown until the first part is done"
         extra = "".join(f", {k} {v}" for k, v in (postfix or {}).items())
         return (
             f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
-            f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}"
+            f"{rate:.2f} {self.unit}/s, {eta}{extra}"
         )
 
     def close(self) -> None:

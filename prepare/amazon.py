@@ -231,7 +231,7 @@ def read_meta(
             rec = parse(line)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
-        except (ValueError, SyntaxError) as e:
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:  # literal_eval raises all
             if bad_rows == "error":
                 what = "a Python dict literal" if version == "2014" else "JSON"
                 raise InputError(

@@ -65,6 +65,9 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     check_replaceable(cfg, out, out.with_name(out.name + ".tmp"))  # before reading: a refusal costs nothing
     raw = read_source(cfg)
     inter, extra = process(raw, cfg)
+    if inter.height == 0:
+        lost = ", ".join(f"{k} {v:,}" for k, v in extra["dropped"].items() if v) or "the source is empty"
+        raise InputError(f"{raw.inter_file}: no interactions left after the filters ({lost}); nothing to prepare")
     out, stats = write(cfg, raw, inter, extra)
     for line in summary_lines(stats):
         log.info("%s", line)

@@ -73,3 +73,22 @@ def ml100k_run(data_dir, tmp_path_factory) -> Path:
     assert prepare_job.main([str(REPO_ROOT / "configs/prepare/ml-100k.yaml"), *prepare]) == 0
     overrides = ["max_steps=10", "model.hidden=32", "model.n_layers=1", "model.max_len=20", "optim.batch_size=128"]
     return _train(root, root / "data", *overrides)
+
+
+@pytest.fixture
+def rebuilt_run(toy_run, tmp_path) -> Path:
+    """A copy of toy_run whose prepared dataset was rebuilt since training (its stats changed)."""
+    import json
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load((toy_run / "config.yaml").read_text())
+    data = tmp_path / "rebuilt-data"
+    shutil.copytree(cfg["dataset"], data)
+    stats = json.loads((data / "stats.json").read_text())
+    (data / "stats.json").write_text(json.dumps(stats | {"n_interactions": stats["n_interactions"] + 1}))
+    run = tmp_path / "rebuilt-run"
+    shutil.copytree(toy_run, run, ignore=shutil.ignore_patterns("recommendations", "export", "test-recs"))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg | {"dataset": str(data)}))
+    return run

@@ -126,3 +126,17 @@ def test_a_lower_worker_priority_is_announced_with_the_fix(caplog):
     (record,) = caplog.records
     assert f"workers at nice {os.nice(0) + 1} (this driver at {os.nice(0)})" in record.message
     assert "RAY_worker_niceness=0" in record.message
+
+
+def test_a_first_hub_encode_resumes_once_its_weights_are_cached(tmp_path):
+    """The first run from the hub records the commit but no weights hash; the resume, which finds that commit in
+    the cache and hashes it, continues (and records the hash), while a revision that moved is refused by name."""
+    from feature_store.encode import check_resumable
+
+    store = FeatureStore.create(tmp_path / "s.zarr", ["a", "b"], 4, attrs={"revision": "c0ffee", "weights_hash": None})
+    check_resumable(store, {"revision": "c0ffee", "weights_hash": "h1"})
+    assert FeatureStore.open(tmp_path / "s.zarr").attrs["weights_hash"] == "h1"
+    with pytest.raises(ResumeMismatchError, match="weights_hash: store 'h1', config 'h2'"):
+        check_resumable(store, {"revision": "c0ffee", "weights_hash": "h2"})  # same commit, other bytes
+    with pytest.raises(ResumeMismatchError, match=r"resolved to 'beef' now.*set encoder.revision=c0ffee"):
+        check_resumable(store, {"revision": "beef", "weights_hash": "h1"})

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from test_encode import CONFIG, make_prepared  # noqa: E402 (tests/ is on sys.path under pytest)
 
+from bench._runs import kill_session
 from feature_store.store import FeatureStore
 from jobs import encode as encode_job
 from kdsr.paths import REPO_ROOT
@@ -38,23 +39,6 @@ def _env() -> dict:
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_AUTH_MODE": "token",
     }  # Ray 2.60 heads want a token; the CLI sends ~/.ray/auth_token only in token mode
-
-
-def _kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    """Kill the process group we started (the job and the Ray processes it spawned), nothing else."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-    import psutil
-
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                p.kill()
-        except (ProcessLookupError, psutil.Error, PermissionError):
-            pass
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir, capsys):
@@ -83,7 +67,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir, cap
         if (out / "shards_done" / "zarr.json").exists():
             done = np.flatnonzero(FeatureStore.open(out).group["shards_done"][:])
             if len(done) >= 3:
-                _kill_session(proc)
+                kill_session(proc)
                 break
         time.sleep(0.05)
     assert proc.returncode == -signal.SIGKILL, "the job finished (or failed) before it could be killed part way"
@@ -199,7 +183,7 @@ def test_ray_job_submit_to_a_local_head(tmp_path, data_dir):
         assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
         assert "encode done: 200 items, 0 errors" in sub.stdout + sub.stderr
     finally:
-        _kill_session(head, signal.SIGTERM)
+        kill_session(head, signal.SIGTERM)
     store = FeatureStore.open(out)
     store.check_items(ds.item_original_ids())
     assert store.mask().all() and store.attrs["encode_runs"][0]["items"] == 200

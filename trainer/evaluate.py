@@ -14,6 +14,8 @@ from pathlib import Path
 from kdsr.config import ConfigError, load_config
 from kdsr.files import write_json_atomic
 from trainer.config import TrainConfig
+from trainer.data import open_dataset
+from trainer.features import check_run_inputs
 from trainer.train import TrainRecipe
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def evaluate_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:
 def run_evaluate(cfg: TrainConfig) -> dict:
     """Evaluate the selected checkpoint of the run in `cfg.out_dir` on valid and test; writes evaluate.json
     there and returns the same dict."""
+    check_run_inputs(Path(cfg.out_dir), cfg, open_dataset(cfg.dataset), skip="retrain, or restore the run's inputs")
     recipe = TrainRecipe(cfg)
     recipe.setup(write_config=False)
     recipe.load_best()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,9 @@ import torch
 from feature_store.store import FeatureStore, StoreError
 from feature_store.teacher import Teacher
 from kdsr.dataset import PreparedDataset
+from kdsr.errors import KdsrError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +82,34 @@ def input_identity(ds: PreparedDataset, sources: dict[str, ModalitySource]) -> d
     changed: the dataset's stats.json and each modality store's `store_identity`. A rebuilt dataset or store
     under the same path changes some of these."""
     return stores_identity(ds, {name: source.store for name, source in sources.items()})
+
+
+class RunError(KdsrError, ValueError):
+    """A run directory that cannot be used: missing files, or inputs rebuilt since training."""
+
+
+def check_run_inputs(run: Path, cfg, ds: PreparedDataset, skip: str = "check_inputs=false skips this check") -> dict:
+    """The run's input identity now (dataset statistics, each store's fingerprint and creation), refused unless it
+    equals the one recorded when it was trained: a store rebuilt under the same path would otherwise be read as
+    the run's own. `skip` tells the user how to go on anyway."""
+    stores = {}
+    for m in cfg.modalities:
+        try:
+            stores[m.name] = FeatureStore.open(m.features)
+        except KdsrError as e:
+            raise RunError(f"{e} (modality {m.name!r} of {run}; {skip})") from None
+    now = stores_identity(ds, stores)
+    state = run / "checkpoints" / "last" / "trainer_state.json"
+    before = json.loads(state.read_text()).get("inputs") if state.exists() else None
+    if not before:
+        log.warning("%s: no input identity recorded; the dataset and stores are not checked", state)
+    elif before != now:
+        diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+        raise RunError(
+            f"{run}: the inputs differ from those the run was trained on (rebuilt under the same path?) in: "
+            f"{', '.join(diff)}; {skip}"
+        )
+    return now
 
 
 def stores_identity(ds: PreparedDataset, stores: dict[str, FeatureStore]) -> dict[str, object]:

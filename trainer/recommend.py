@@ -29,7 +29,6 @@ import polars as pl
 import torch
 from safetensors.torch import load_file
 
-from feature_store.store import FeatureStore
 from kdsr.config import ConfigError, config_to_dict, load_config
 from kdsr.dataset import PreparedDataset
 from kdsr.errors import KdsrError
@@ -37,7 +36,7 @@ from kdsr.files import write_json_atomic
 from kdsr.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import EvalCases, UserSequences, eval_collate, open_dataset
-from trainer.features import stores_identity
+from trainer.features import RunError, check_run_inputs
 from trainer.ranking import chunked_top_k
 from trainer.student import Student
 from trainer.use_config import RecommendConfig
@@ -46,10 +45,6 @@ log = logging.getLogger(__name__)
 
 HEADS = ("holistic_heads.", "code_heads.")  # distillation-only weights: not needed to recommend
 PART_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
-
-
-class RunError(KdsrError, ValueError):
-    """A run directory that cannot be used: missing files, or inputs rebuilt since training."""
 
 
 class RecommendError(KdsrError, ValueError):
@@ -198,28 +193,6 @@ class Recommender:
 
     def recommend_one(self, history: Iterable, k: int = 10, **kw) -> Recommendation:
         return self.recommend([history], k, **kw)[0]
-
-
-def check_run_inputs(run: Path, cfg: TrainConfig, ds: PreparedDataset) -> dict:
-    """The run's input identity now, refused unless it equals the one recorded when it was trained."""
-    stores = {}
-    for m in cfg.modalities:
-        try:
-            stores[m.name] = FeatureStore.open(m.features)
-        except KdsrError as e:
-            raise RunError(f"{e} (modality {m.name!r} of {run}; check_inputs=false skips this check)") from None
-    now = stores_identity(ds, stores)
-    state = run / "checkpoints" / "last" / "trainer_state.json"
-    before = json.loads(state.read_text()).get("inputs") if state.exists() else None
-    if not before:
-        log.warning("%s: no input identity recorded; the dataset and stores are not checked", state)
-    elif before != now:
-        diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
-        raise RunError(
-            f"{run}: the inputs differ from those the run was trained on (rebuilt under the same path?) in: "
-            f"{', '.join(diff)}; check_inputs=false uses the run anyway"
-        )
-    return now
 
 
 # ---- the batch job ----------------------------------------------------------------------------------

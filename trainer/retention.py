@@ -22,7 +22,7 @@ from kdsr.config import load_config
 from kdsr.dataset import PreparedDataset
 from trainer.config import TrainConfig
 from trainer.data import UserSequences, open_dataset, pad_ids
-from trainer.features import ModalitySource
+from trainer.features import ModalitySource, check_run_inputs
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.student import Student
 
@@ -47,6 +47,7 @@ def trained_tables(run_dir: str | Path) -> tuple[PreparedDataset, dict[str, tupl
     ds = open_dataset(cfg.dataset)
     if not cfg.modalities:
         return ds, {}
+    check_run_inputs(run_dir, cfg, ds, skip="retrain, or restore the run's inputs")  # the stores it compares with
     best = run_dir / "best" / "model.safetensors"
     if not best.exists():
         raise FileNotFoundError(f"{best}: no selected checkpoint (did the run finish an epoch?)")

@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -71,15 +72,19 @@ class HooksForTests:
                                 no final test, no metrics.json; run_train's summary has `stopped_at_step`.
     KDSR_TEST_PROCESS_REPORT=1  each rank writes processes/rank<i>.json with the world size and a checksum of
                                 its parameters (the multi-process test compares them).
+    KDSR_TEST_KILL_IN_SWAP=N    SIGKILL the process inside the N-th checkpoint swap, between `last -> last.old`
+                                and `tmp -> last` (bench/bench_faults.py: the worst moment for a kill).
     """
 
     stop_after: int | None = None
     process_report: bool = False
+    kill_in_swap: int | None = None
 
     @classmethod
     def from_env(cls) -> HooksForTests:
-        stop = os.environ.get("KDSR_TEST_STOP_AFTER", "")
-        return cls(int(stop) if stop else None, os.environ.get("KDSR_TEST_PROCESS_REPORT", "") not in ("", "0"))
+        stop, swap = os.environ.get("KDSR_TEST_STOP_AFTER", ""), os.environ.get("KDSR_TEST_KILL_IN_SWAP", "")
+        report = os.environ.get("KDSR_TEST_PROCESS_REPORT", "") not in ("", "0")
+        return cls(int(stop) if stop else None, report, int(swap) if swap else None)
 
 
 @dataclass
@@ -165,6 +170,7 @@ class TrainRecipe:
     def __init__(self, cfg: TrainConfig, hooks: HooksForTests | None = None):
         self.cfg, self.out, self.state = cfg, Path(cfg.out_dir), TrainerState()
         self.hooks = HooksForTests.from_env() if hooks is None else hooks
+        self.swaps = 0  # checkpoint swaps in this process (the kill_in_swap hook counts them)
         self.timings: list[float] = []  # seconds of each epoch trained in this session
         self.test: dict[str, float] | None = None  # test metrics of the selected epoch, once measured
 
@@ -522,6 +528,9 @@ class TrainRecipe:
             if last.exists():
                 shutil.rmtree(old, ignore_errors=True)  # a leftover of a kill after the swap; `last` is newer
                 last.rename(old)
+            self.swaps += 1
+            if self.hooks.kill_in_swap == self.swaps:
+                os.kill(os.getpid(), signal.SIGKILL)
             tmp.rename(last)
             shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
