@@ -39,6 +39,7 @@ BENCHES = {
     "train-losses": ("train.md", [sys.executable, "bench/bench_train.py", "--losses", "--epochs", "2"]),
     # using a run: loopback load on `kdsr serve`, the Python API floor, `kdsr recommend` in process vs over Ray
     "serve": ("serve.md", [sys.executable, "-m", "bench.bench_serve"]),
+    "faults": ("faults.md", None),  # bench/bench_faults.py: SIGKILL at random moments, resume, compare (~30 min)
     "gpu": ("gpu.md", None),  # make gpu-check, on a CUDA machine
     "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
     "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled

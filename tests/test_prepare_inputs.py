@@ -198,13 +198,14 @@ def test_shipped_image_configs_line_up():
 
 def test_amazon_rating_threshold(tmp_path):
     reviews, meta = amazon_files(tmp_path, "2018")
-    ds = run(
-        tmp_path,
-        amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)},
-        filter={"kcore": 0, "rating_threshold": 4},
-    )
-    assert ds.stats["dropped"]["interactions.rating_below_threshold"] == 3
-    assert ds.stats["dropped"]["users.too_short_for_split"] == 3  # u1, u2 and u3 keep 2 each
+    # u1, u2 and u3 keep 2 ratings >= 4 each: too short to split, so nothing is left, and that is an error
+    # naming what each filter dropped, not an empty dataset
+    with pytest.raises(InputError, match=r"rating_below_threshold 3, .*users.too_short_for_split 3, .*nothing to"):
+        run(
+            tmp_path,
+            amazon={"version": "2018", "reviews": str(reviews), "meta": str(meta)},
+            filter={"kcore": 0, "rating_threshold": 4},
+        )
 
 
 def test_amazon_malformed_lines_error_or_count(tmp_path):
