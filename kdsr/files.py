@@ -28,13 +28,18 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def file_sha256(path: str | Path) -> str:
-    """ "sha256:" + the first 16 hex digits of the file's sha256: provenance that pins a file's bytes."""
+def sha256_hex(path: str | Path) -> str:
+    """The file's full SHA-256, hex, read in 4 MiB blocks (files of any size)."""
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """ "sha256:" + the first 16 hex digits of the file's sha256: provenance that pins a file's bytes."""
+    return "sha256:" + sha256_hex(path)[:16]
 
 
 def input_overlap(output: str | Path, inputs: Iterable[str | Path | None]) -> tuple[str, str] | None:

@@ -12,7 +12,6 @@ Progress: a tqdm bar on a terminal, a log line every 30 s otherwise (kdsr.progre
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import http.client
 import logging
 import socket
@@ -22,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from kdsr.errors import KdsrError
-from kdsr.files import write_text_atomic
+from kdsr.files import sha256_hex, write_text_atomic
 from kdsr.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -54,21 +53,13 @@ def check_reachable(url: str, timeout: float, hint: str = "") -> None:
         pool.shutdown(wait=False)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pin_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".sha256")
 
 
 def verify(dest: Path, sha256: str | None) -> str:
     """The file's digest, checked against `sha256` or, without one, against the digest pinned at download."""
-    got = sha256_of(dest)
+    got = sha256_hex(dest)
     pinned = pin_path(dest).read_text().split()[0] if pin_path(dest).exists() else None
     for want, what in ((sha256, "the published checksum"), (pinned, f"the checksum pinned in {pin_path(dest)}")):
         if want and want != got:
@@ -118,7 +109,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 60.0
         raise DownloadError(f"cannot download {url}: {type(e).__name__}: {e}; {resume_hint(part)}") from None
     if total and part.stat().st_size < total:  # the server closed early without an error
         raise DownloadError(f"cannot download {url}: the transfer ended early; {resume_hint(part)}")
-    got = sha256_of(part)
+    got = sha256_hex(part)
     if sha256 and got != sha256:
         part.unlink()  # ours, and wrong: the next attempt starts from zero
         raise DownloadError(f"{url}: SHA-256 {got} is not the expected {sha256}; the download was removed")

@@ -14,8 +14,7 @@ from pathlib import Path
 from kdsr.config import ConfigError, load_config
 from kdsr.files import write_json_atomic
 from trainer.config import TrainConfig
-from trainer.data import open_dataset
-from trainer.features import check_run_inputs
+from trainer.features import compare_run_inputs
 from trainer.train import TrainRecipe
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,9 @@ def evaluate_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:
 def run_evaluate(cfg: TrainConfig) -> dict:
     """Evaluate the selected checkpoint of the run in `cfg.out_dir` on valid and test; writes evaluate.json
     there and returns the same dict."""
-    check_run_inputs(Path(cfg.out_dir), cfg, open_dataset(cfg.dataset), skip="retrain, or restore the run's inputs")
     recipe = TrainRecipe(cfg)
-    recipe.setup(write_config=False)
+    recipe.setup(write_config=False)  # opens the dataset and stores once, and takes their identity
+    compare_run_inputs(Path(cfg.out_dir), recipe.state.inputs, skip="retrain, or restore the run's inputs")
     recipe.load_best()
     result = {
         "run": cfg.out_dir,

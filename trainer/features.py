@@ -99,17 +99,26 @@ def check_run_inputs(run: Path, cfg, ds: PreparedDataset, skip: str = "check_inp
         except KdsrError as e:
             raise RunError(f"{e} (modality {m.name!r} of {run}; {skip})") from None
     now = stores_identity(ds, stores)
+    compare_run_inputs(run, now, skip)
+    return now
+
+
+def compare_run_inputs(run: Path, now: dict, skip: str) -> None:
+    """Refuse `now` (an input identity) unless it is the one recorded in the run's last checkpoint."""
     state = run / "checkpoints" / "last" / "trainer_state.json"
     before = json.loads(state.read_text()).get("inputs") if state.exists() else None
     if not before:
         log.warning("%s: no input identity recorded; the dataset and stores are not checked", state)
     elif before != now:
-        diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
         raise RunError(
             f"{run}: the inputs differ from those the run was trained on (rebuilt under the same path?) in: "
-            f"{', '.join(diff)}; {skip}"
+            f"{', '.join(identity_diff(before, now))}; {skip}"
         )
-    return now
+
+
+def identity_diff(before: dict, now: dict) -> list[str]:
+    """The keys on which two input identities differ."""
+    return sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
 
 
 def stores_identity(ds: PreparedDataset, stores: dict[str, FeatureStore]) -> dict[str, object]:

@@ -48,7 +48,7 @@ from trainer.data import (
     eval_collate,
     open_dataset,
 )
-from trainer.features import input_identity, open_modalities
+from trainer.features import identity_diff, input_identity, open_modalities
 from trainer.memory import check_fits
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.optim import build_optimizers, clip_grad_norm, set_epoch_lr
@@ -334,10 +334,9 @@ class TrainRecipe:
         # metrics a mix of two runs.
         now, before = self.state.inputs, state.get("inputs")
         if before and before != now:
-            diff = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
             raise ConfigError(
                 f"{self.out}: cannot resume, inputs differ from the saved run's (rebuilt under the same "
-                f"path?) in: {', '.join(diff)}; train into a fresh out_dir"
+                f"path?) in: {', '.join(identity_diff(before, now))}; train into a fresh out_dir"
             )
         if not before:
             log.warning("%s: no input identity recorded (an older checkpoint); not checked", last)
