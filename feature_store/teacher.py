@@ -60,7 +60,7 @@ def nearest_centroid(sims: torch.Tensor, centroids_t: torch.Tensor, half_norm: t
 class TeacherTargets(NamedTuple):
     sim: torch.Tensor  # [B, L, L] float32: cos(x_i, x_j); 0 unless both items are valid
     codes: torch.Tensor  # [B, L, L] long: nearest centroid of c_ij; -100 (ignore_index) where not pair_mask
-    valid: torch.Tensor  # [B, L] bool: item != 0 and its feature row is usable
+    valid: torch.Tensor  # [B, L] bool: item != 0, its feature row is usable (and, unique_items, its first position)
     pair_mask: torch.Tensor  # [B, L, L] bool: valid_i & valid_j & i != j & item_i != item_j
 
 
@@ -76,6 +76,9 @@ class Teacher:
     _half_norm: torch.Tensor | None = None  # [K] 0.5 * ||centroid||^2
     _centroids_t: torch.Tensor | None = None  # [F, K] contiguous
     max_block: int = 1 << 18  # elements of the (pairs, K) score block computed at once (fits in cache)
+    # A sequence's nodes are its unique items (a repeated item is one node: only its first position is valid),
+    # as in the released code; False: every position is a node, so a repeated item's pairs count repeatedly.
+    unique_items: bool = True
 
     def __post_init__(self) -> None:
         ok = self.valid[:, None, None].to(self.features.dtype)
@@ -144,9 +147,12 @@ class Teacher:
             )
         B, L = seqs.shape
         valid = self.valid[seqs]  # (B, L)
+        same = seqs[:, :, None] == seqs[:, None, :]  # (B, L, L)
+        if self.unique_items:
+            valid = valid & ~torch.tril(same, diagonal=-1).any(-1)  # repeats of an earlier position are not nodes
         both = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
         eye = torch.eye(L, dtype=torch.bool, device=self.device)
-        pair_mask = both & ~eye & (seqs[:, :, None] != seqs[:, None, :])
+        pair_mask = both & ~eye & ~same
 
         x = self.features[seqs]  # (B, L, d)
         u = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * valid[:, :, None].to(x.dtype)

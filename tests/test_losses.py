@@ -32,7 +32,7 @@ def test_holistic_frobenius_matches_brute_force():
     per_seq = []
     for b in range(v.size(0)):
         if not pm[b].any():
-            continue  # a sequence without valid pairs does not enter the mean
+            continue  # a sequence without valid pairs adds nothing
         total = 0.0
         for i in range(v.size(1)):
             for j in range(v.size(1)):
@@ -40,8 +40,12 @@ def test_holistic_frobenius_matches_brute_force():
                     s = F.cosine_similarity(h[b, i], h[b, j], dim=0)
                     total += float((s - sim[b, i, j]).detach()) ** 2
         per_seq.append(math.sqrt(total) / 1.5)
-    assert len(per_seq) == 2
-    assert float(loss(v, sim, pm).detach()) == pytest.approx(sum(per_seq) / len(per_seq), rel=1e-5)
+    assert len(per_seq) == 2 and v.size(0) == 3
+    # the paper's mean: over all B sequences of the batch
+    assert float(loss(v, sim, pm).detach()) == pytest.approx(sum(per_seq) / 3, rel=1e-5)
+    # ours, labelled: over the sequences that have a pair
+    loss.mean = "sequences_with_pairs"
+    assert float(loss(v, sim, pm).detach()) == pytest.approx(sum(per_seq) / 2, rel=1e-5)
 
 
 def test_holistic_kl_matches_brute_force():

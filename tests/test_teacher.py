@@ -43,8 +43,9 @@ def dissection(data_dir, tmp_path_factory) -> str:
     return run_dissect(cfg)["output"]
 
 
-def brute_force(path: str, seqs: np.ndarray):
-    """Direct float64 computation, one pair at a time."""
+def brute_force(path: str, seqs: np.ndarray, unique: bool = True):
+    """Direct float64 computation, one pair at a time; `unique`: a repeated item is a node at its first
+    position only."""
     store = FeatureStore.open(path)
     x = np.vstack([np.zeros((1, store.dim)), store.read_all("float64")])
     ok = np.concatenate([[False], store.mask() & np.any(x[1:] != 0, axis=1)])
@@ -54,11 +55,14 @@ def brute_force(path: str, seqs: np.ndarray):
     sim = np.zeros((B, L, L))
     dist = np.full((B, L, L, len(mu)), np.nan)
     pair = np.zeros((B, L, L), bool)
+    node = ok[seqs]
+    if unique:
+        node &= np.array([[seqs[b, i] not in seqs[b, :i] for i in range(L)] for b in range(B)])
     for b in range(B):
         for i in range(L):
             for j in range(L):
                 p, q = seqs[b, i], seqs[b, j]
-                if not (ok[p] and ok[q]):
+                if not (node[b, i] and node[b, j]):
                     continue
                 sim[b, i, j] = x[p] @ x[q] / np.linalg.norm(x[p]) / np.linalg.norm(x[q])
                 c = np.array(
@@ -71,7 +75,7 @@ def brute_force(path: str, seqs: np.ndarray):
                 )
                 dist[b, i, j] = ((c - mu) ** 2).sum(1)
                 pair[b, i, j] = i != j and p != q
-    return sim, dist, ok[seqs], pair
+    return sim, dist, node, pair
 
 
 def test_targets_match_brute_force(dissection):
@@ -98,6 +102,14 @@ def test_targets_match_brute_force(dissection):
     assert np.allclose(ours, d.min(1), atol=1e-5)  # our code is a nearest centroid (ties allowed)
     assert (codes[pair] == d.argmin(1)).mean() > 0.99
     assert pair.sum() > 250
+    assert not t.valid[3, 7] and t.valid[3, 2]  # the repeat is one node, at its first position
+    # every position a node (unique_items=false): the repeat's pairs count again
+    teacher.unique_items = False
+    _, _, valid_all, pair_all = brute_force(dissection, seqs, unique=False)
+    t_all = teacher.targets(torch.as_tensor(seqs))
+    np.testing.assert_array_equal(t_all.valid.numpy(), valid_all)
+    np.testing.assert_array_equal(t_all.pair_mask.numpy(), pair_all)
+    assert pair_all.sum() > pair.sum() and t_all.valid[3, 7]
 
 
 def test_dense_and_sparse_paths_agree(dissection):

@@ -18,6 +18,7 @@ from kdsr.paths import REPO_ROOT
 from toydata import synthetic, toy_features
 from trainer import train as recipe_module
 from trainer.config import TrainConfig
+from trainer.features import scale_features
 from trainer.optim import build_optimizers, modality_lr
 from trainer.student import DistillHeads, Student
 
@@ -87,6 +88,8 @@ def test_training_writes_outputs_and_distils(tmp_path, toy, capsys):
         assert all(np.isfinite(h[term]) for h in hist)
     assert hist[-1]["loss/rec"] < hist[0]["loss/rec"]
     assert hist[-1]["loss/hol/text"] < hist[0]["loss/hol/text"]
+    # gradient clipping is measured: the mean pre-clip norm and the fraction of steps it shrank
+    assert all(h["grad_norm"] > 0 and 0 <= h["clipped"] <= 1 for h in hist)
     # the toy sequences are learnable: far better than the random baseline (hr@10 = 10/40)
     assert m["test"]["hr@10"] > 0.4
     assert (out / "config.yaml").exists() and (out / "best" / "model.safetensors").exists()
@@ -106,7 +109,7 @@ def test_training_writes_outputs_and_distils(tmp_path, toy, capsys):
 
 
 def test_async_parameter_groups_and_schedule(toy):
-    cfg = load_config(TrainConfig, write_cfg(toy["root"], toy), ["async_step.milestones=[2,4]"])
+    cfg = load_config(TrainConfig, write_cfg(toy["root"], toy), ["async_step.milestones=[2,4]", "async_step.ramp=true"])
     feats = {"text": torch.zeros(41, 16)}
     model = Student(40, cfg.model, feats, {"text": DistillHeads(holistic=True, code=True)}, {"text": 6}, cfg.distill)
     (opt,) = build_optimizers(model, cfg)
@@ -118,6 +121,11 @@ def test_async_parameter_groups_and_schedule(toy):
     assert [modality_lr(cfg, e) for e in range(6)] == pytest.approx([2.5e-3, 2.5e-3, 5e-3, 5e-3, 1e-2, 1e-2])
     off = cfg.model_copy(update={"async_step": cfg.async_step.model_copy(update={"enabled": False})})
     assert modality_lr(off, 0) == 0.01
+    # the released form: lr / gamma^len(schedule), constant (its schedule [5, 10]: lr / 4 at every epoch)
+    released = load_config(TrainConfig, write_cfg(toy["root"], toy))
+    assert [modality_lr(released, e) for e in (0, 5, 10, 50)] == pytest.approx([2.5e-3] * 4)
+    three = load_config(TrainConfig, write_cfg(toy["root"], toy), ["async_step.milestones=[1,2,3]"])
+    assert modality_lr(three, 0) == pytest.approx(0.01 / 8)
 
 
 def test_async_rate_is_applied_during_training(tmp_path, toy):
@@ -242,6 +250,12 @@ def test_teacher_placement_auto(monkeypatch, setting, workers, device, cores, th
             "eval.sample_users=20",
         ],
         ["optim.loss=sampled_softmax", "optim.sparse_tables=false", "optim.sampled.logq_correction=false"],
+        [
+            "model.feature_scaling=standardize",
+            "distill.holistic_mean=sequences_with_pairs",
+            "distill.unique_items=false",
+            "optim.clip_norm=null",
+        ],
     ],
 )
 def test_variants_train(tmp_path, toy, overrides):
@@ -328,3 +342,21 @@ def test_every_shipped_config_validates():
         cfg = load_config(TrainConfig, p)
         assert cfg.out_dir and cfg.dataset
         assert "accelerate launch" in p.read_text().splitlines()[0] or "kdsr train" in p.read_text()[:400]
+
+
+def test_feature_scaling_keeps_zero_rows_and_scales_the_rest():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 4, generator=g) * torch.tensor([0.1, 1.0, 3.0, 10.0]) + 2.0
+    table[0] = 0  # padding
+    table[3] = 0  # an item without content
+    assert scale_features(table, "none") is table
+    l2 = scale_features(table, "l2")
+    rows = [1, 2, 4, 5]
+    assert torch.allclose(l2[rows].norm(dim=1), torch.ones(4))
+    std = scale_features(table, "standardize")
+    assert torch.allclose(std[rows].mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(std[rows].std(0), torch.ones(4), atol=1e-5)
+    for out in (l2, std):  # padding and content-less rows stay zero rows (masked out of every loss)
+        assert out[0].eq(0).all() and out[3].eq(0).all()
+    with pytest.raises(ValueError, match="unknown feature scaling 'max'"):
+        scale_features(table, "max")

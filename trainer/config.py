@@ -1,8 +1,10 @@
-"""TrainConfig: the typed schema of `configs/train/*.yaml`, with the released KDSR run's defaults except
-async_step.milestones: [] here (modality tables at lr / 4 for the whole run) vs [5, 10] in the released config
-(lr / 2 from epoch 5, the full lr from epoch 10); `async_step.milestones=[5,10]` reproduces that ramp.
-Why []: the slow rate is the method's point (docs/METHOD.md, "Asynchronous learning step") and the ramp undoes
-it; its effect is unmeasured here."""
+"""TrainConfig: the typed schema of `configs/train/*.yaml`.
+
+Defaults follow what the released KDSR code does (docs/METHOD.md, "Where this code differs from the released
+code"), except where a comment labels the difference: the fused rows also score the candidates
+(`model.score_items`), distillation weights 1 / 1 (the released run: text 0.5, image 4) and gradient clipping at
+norm 5 (the released code has none; `optim.clip_norm: null`). Every epoch records how many steps clipping
+shrank (`clipped` in metrics.json's valid_history)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ class ModelConfig(Config):
     # as the released code has it (docs/METHOD.md, "Where this code differs from the released code"): the
     # features reach the ranking only through the input side.
     score_items: Literal["fused", "id"] = "fused"
+    # How the stored features are scaled before they initialise V^m, the same for every arm that reads them
+    # (the teacher's targets are cosines of the stored features and do not change): "none" keeps the encoder's
+    # scale (MiniLM rows are unit-norm, so PCA dims have std ~0.07; imported CLIP features ~0.4), "l2" makes
+    # every row unit-norm, "standardize" gives every dimension mean 0 and std 1 over the catalog's items.
+    feature_scaling: Literal["none", "l2", "standardize"] = "none"
 
 
 class ModalityConfig(Config):
@@ -36,8 +43,10 @@ class ModalityConfig(Config):
     # A dissection output (a FeatureStore of reduced features + facets/codebook). Its rows initialise V^m
     # and its teacher gives the correlation targets.
     features: str
-    weight_hol: float = Field(1.0, ge=0)  # 0 switches the holistic term off for this modality
-    weight_code: float = Field(1.0, ge=0)  # 0 switches the code term off for this modality
+    # Term weights; 0 switches a term off for this modality. The released run weights text by 0.5 and image by 4
+    # (both terms); 1 / 1 here is ours, labelled.
+    weight_hol: float = Field(1.0, ge=0)
+    weight_code: float = Field(1.0, ge=0)
 
 
 class DistillConfig(Config):
@@ -45,14 +54,24 @@ class DistillConfig(Config):
     tau: float = Field(1.5, gt=0)
     holistic: Literal["frobenius", "kl"] = "frobenius"
     proj_dim: int = Field(128, gt=0)  # width of h' = W2(W1 V)
+    # The holistic term's mean: "batch" divides by all B sequences of the batch, as the paper and the released code
+    # do (a sequence with no pair adds 0); "sequences_with_pairs" divides by those with a pair (ours, labelled).
+    holistic_mean: Literal["batch", "sequences_with_pairs"] = "batch"
+    # Pairs over a sequence's unique items (a repeated item is one node, as in the released code); false: every
+    # position is a node, so a repeated item's pairs count once per repetition (ours, labelled).
+    unique_items: bool = True
 
 
 class AsyncStepConfig(Config):
+    """The modality tables' slow rate: lr / gamma^len(milestones), constant, as the released code sets it (its
+    schedule [5, 10] with gamma 2: lr / 4)."""
+
     enabled: bool = True  # False: the modality tables learn at the full lr
-    gamma: float = Field(2.0, gt=0)  # modality lr = lr / gamma^2
-    # Epochs (0-based) at which the modality lr is multiplied by gamma again, up to the full lr; the
-    # released config names [5, 10]. Empty: a constant slow rate.
-    milestones: list[int] = []
+    gamma: float = Field(2.0, gt=0)
+    milestones: list[int] = [5, 10]  # the released `schedule`; only its length sets the rate unless ramp
+    # Ours, labelled: multiply the slow rate by gamma at each milestone epoch (0-based), back up to the full lr,
+    # as a comment in the released config suggests but its code never does.
+    ramp: bool = False
 
 
 class SampledSoftmaxConfig(Config):
@@ -73,7 +92,7 @@ class OptimConfig(Config):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, gt=0)  # per process, per micro-batch
     grad_accum: int = Field(1, gt=0)
-    clip_norm: float | None = Field(5.0, gt=0)  # None: no clipping
+    clip_norm: float | None = Field(5.0, gt=0)  # total-norm clipping (ours); None: none, as the released code
     # ce: the exact full softmax over all N items (every step costs O(N)); sampled_softmax: the target
     # against shared sampled negatives with logQ correction (a step's cost does not grow with N); bce: BCE
     # against n_negatives uniform negatives per position, no correction.
@@ -102,6 +121,15 @@ class EvalConfig(Config):
     # Evaluate a seeded random sample of this many users per split instead of all (labelled in metrics.json;
     # for very large user sets, e.g. the scale benchmark). None: every user.
     sample_users: int | None = Field(None, ge=1)
+    # Evaluate the test split once after training, with the selected checkpoint. false: test is left unread
+    # (a sweep reads it only for the configurations that win on validation).
+    test: bool = True
+    # per_user: one case per user, all of the split's items relevant (this project's default; with leave-one-out
+    # it is the standard single target). per_item: one next-item case per item of the split, history = every
+    # item before it (growing, earlier split items included), as the released KDSR code evaluates its ratio
+    # split (for comparison with its Beauty log; labelled). Validation uses the same case shape as test, and
+    # sample_users then samples cases.
+    cases: Literal["per_user", "per_item"] = "per_user"
 
 
 class TrainConfig(Config):

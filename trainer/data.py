@@ -6,8 +6,10 @@ of at most max_len + 1 items and the model predicts at every position of a windo
 targets = window[1:]). Only histories longer than max_len make more than one window.
 Training (BERT4Rec): windows of at most max_len items; a fraction of positions is replaced by [MASK] and
 predicted (the cloze objective); at least one position per window is masked.
-Evaluation on split s: per user, history = every item before the user's first s row, relevant = all of the
-user's s items (one item under leave-one-out). Users without s rows are counted, not silently dropped.
+Evaluation on split s (eval.cases): per_user, one case per user, history = every item before the user's first
+s row, relevant = all of the user's s items (one item under leave-one-out); per_item, one next-item case per s
+row at position p, history = every item before p (earlier s items included), relevant = that one item (the
+released KDSR code's protocol). Users without s rows and cases without history are counted, not silently dropped.
 All randomness is a function of (seed, epoch, index): a resumed run sees exactly the same batches.
 """
 
@@ -68,16 +70,24 @@ class UserSequences:
                 stop -= size - 1 if causal else size  # consecutive causal windows share their boundary item
         return out
 
-    def eval_cases(self, split: str) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-        """(histories, relevant items, users skipped for having no `split` row or no history)."""
+    def eval_cases(self, split: str, per_item: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """(histories, relevant items, skipped): users without a `split` row and cases with an empty history are
+        skipped and counted. per_item=False: one case per user, history = the items before the user's first
+        `split` row, relevant = all of them. per_item=True: one case per `split` row at position p, history =
+        items[:p] (it grows from case to case and holds the earlier `split` items), relevant = [items[p]]."""
         hist, rel, skipped = [], [], 0
         for items, splits in zip(self.items, self.splits):
             at = np.flatnonzero(splits == split)
-            if at.size == 0 or at[0] == 0:
+            if at.size == 0:
                 skipped += 1
                 continue
-            hist.append(items[: at[0]])
-            rel.append(items[at])
+            cases = [(p, items[p : p + 1]) for p in at] if per_item else [(at[0], items[at])]
+            for p, relevant in cases:
+                if p == 0:
+                    skipped += 1
+                    continue
+                hist.append(items[:p])
+                rel.append(relevant)
         return hist, rel, skipped
 
 
@@ -188,8 +198,8 @@ class TrainCollate:
 
 
 class EvalCases(Dataset):
-    """One sample per user: the last `keep` history items, the relevant items, the full history (for the
-    exclude-history option) and the user's index, so gathered results can be deduplicated."""
+    """One sample per evaluation case (`UserSequences.eval_cases`): the last `keep` history items, the relevant
+    items and the full history (for the exclude-history option)."""
 
     def __init__(self, histories: list[np.ndarray], relevant: list[np.ndarray], keep: int):
         self.histories, self.relevant, self.keep = histories, relevant, keep

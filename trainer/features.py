@@ -50,7 +50,7 @@ class ModalitySource:
             )
         return cls(name, store, torch.from_numpy(np.concatenate([np.zeros((1, x.shape[1]), np.float32), x])))
 
-    def teacher(self) -> Teacher:
+    def teacher(self, unique_items: bool = True) -> Teacher:
         """The dissection's teacher (feature_store/teacher.py) on this table, on CPU: its targets are computed
         in the DataLoader workers or in the step, both from host batches."""
         group, path = self.store.group, self.store.path
@@ -68,7 +68,25 @@ class ModalitySource:
             )
         # usable_rows (masked and all-zero rows out): the masked rows are zero here, and so is padding row 0
         valid = self.table.ne(0).any(1)
-        return Teacher(self.table, valid, facets, centroids)
+        return Teacher(self.table, valid, facets, centroids, unique_items=unique_items)
+
+
+def scale_features(table: torch.Tensor, how: str) -> torch.Tensor:
+    """`model.feature_scaling` of an (N + 1, d) table whose all-zero rows (padding, masked items) stay zero:
+    "none" as stored, "l2" unit rows, "standardize" zero mean and unit std per dimension over the items."""
+    if how == "none":
+        return table
+    rows = table.ne(0).any(1)
+    x = table[rows]
+    if how == "l2":
+        x = torch.nn.functional.normalize(x, dim=1)
+    elif how == "standardize":
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    else:
+        raise ValueError(f"unknown feature scaling {how!r}; known: none, l2, standardize")
+    out = torch.zeros_like(table)
+    out[rows] = x
+    return out
 
 
 def open_modalities(cfg, ds: PreparedDataset) -> dict[str, ModalitySource]:

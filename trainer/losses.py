@@ -68,16 +68,20 @@ def sampled_softmax_ce(
 class HolisticLoss(nn.Module):
     """Holistic correlation: h' = W2(W1 V), S_ij = cos(h'_i, h'_j).
 
-    frobenius: mean over sequences (with at least one valid pair) of ||M * (S - T)||_F / tau.
+    frobenius: ||M * (S - T)||_F / tau, averaged over the batch's B sequences (mean="batch": the paper's 1/B, a
+        sequence without a pair adds 0) or over the sequences with a pair (mean="sequences_with_pairs", ours).
     kl: per anchor item i with a valid pair, KL(softmax_j(T_ij / tau) || softmax_j(S_ij / tau)) over the
         valid j, averaged over anchors (an option, not the paper's loss).
     forward(v (B, L, d), sim (B, L, L), pair_mask (B, L, L)) -> scalar.
     """
 
-    def __init__(self, dim: int, proj_dim: int = 128, tau: float = 1.5, kind: str = "frobenius"):
+    def __init__(self, dim: int, proj_dim: int = 128, tau: float = 1.5, kind: str = "frobenius", mean: str = "batch"):
         super().__init__()
         if kind not in ("frobenius", "kl"):
             raise ValueError(f"holistic loss kind must be frobenius or kl, got {kind!r}")
+        if mean not in ("batch", "sequences_with_pairs"):
+            raise ValueError(f"holistic mean must be batch or sequences_with_pairs, got {mean!r}")
+        self.mean = mean
         self.w1 = nn.Linear(dim, proj_dim)
         self.w2 = nn.Linear(proj_dim, proj_dim)
         self.tau, self.kind = tau, kind
@@ -94,7 +98,8 @@ class HolisticLoss(nn.Module):
             has = pair_mask.flatten(1).any(1)
             # clamp: the gradient of sqrt at an exact 0 is infinite
             norms = sq[has].clamp_min(1e-12).sqrt()
-            return norms.sum() / (self.tau * has.sum().clamp_min(1)) + 0 * s.sum()
+            count = has.sum().clamp_min(1) if self.mean == "sequences_with_pairs" else sq.shape[0]
+            return norms.sum() / (self.tau * count) + 0 * s.sum()
         neg = torch.finfo(torch.float).min
         logq = (s / self.tau).masked_fill(~pair_mask, neg).log_softmax(-1)
         p = (sim.float() / self.tau).masked_fill(~pair_mask, neg).softmax(-1)

@@ -1,9 +1,9 @@
 """Optimizers of a run.
 
 The asynchronous learning step (docs/METHOD.md, "Asynchronous learning step"): the modality tables V^m learn
-at lr / gamma^2 (so the features' information is retained longer), optionally ramped back up by a factor gamma
-at given epochs, as a parameter group of its own. The rate is a pure function of the epoch, so a resumed run
-gets it right by construction.
+at lr / gamma^len(milestones) (so the features' information is retained longer), as the released code sets it,
+in a parameter group of their own; `async_step.ramp` (ours) multiplies it by gamma again at each milestone.
+The rate is a pure function of the epoch, so a resumed run gets it right by construction.
 
 The item tables at catalog scale: with sparse tables (`optim.sparse_tables`, `Student.sparse`), the (N + 1)-row
 tables get sparse gradients and a lazy Adam (`torch.optim.SparseAdam`: moments and updates only for the rows a step
@@ -20,8 +20,8 @@ def modality_lr(cfg, epoch: int) -> float:
     a, lr = cfg.async_step, cfg.optim.lr
     if not a.enabled:
         return lr
-    ups = sum(epoch >= m for m in a.milestones)
-    return min(lr, lr / a.gamma**2 * a.gamma**ups)
+    ups = sum(epoch >= m for m in a.milestones) if a.ramp else 0
+    return min(lr, lr / a.gamma ** len(a.milestones) * a.gamma**ups)
 
 
 def _groups(params: list, slow: set[int], lr: float, slow_lr: float) -> list[dict]:

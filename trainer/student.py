@@ -114,7 +114,9 @@ class Student(nn.Module):
         heads, n_codes = heads or {}, n_codes or {}
         self.holistic_heads = nn.ModuleDict(
             {
-                m: HolisticLoss(features[m].shape[1], distill.proj_dim, distill.tau, distill.holistic)
+                m: HolisticLoss(
+                    features[m].shape[1], distill.proj_dim, distill.tau, distill.holistic, distill.holistic_mean
+                )
                 for m, h in heads.items()
                 if h.holistic
             }

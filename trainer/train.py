@@ -48,7 +48,7 @@ from trainer.data import (
     eval_collate,
     open_dataset,
 )
-from trainer.features import identity_diff, input_identity, open_modalities
+from trainer.features import identity_diff, input_identity, open_modalities, scale_features
 from trainer.memory import check_fits
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.optim import build_optimizers, clip_grad_norm, set_epoch_lr
@@ -59,7 +59,8 @@ from trainer.student import DistillHeads, Student, distill_heads
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption; any other difference is refused.
-RESUMABLE_KEYS = {"resume", "progress", "checkpoint_every", "num_workers", "epochs", "patience"}
+RESUMABLE_KEYS = {"resume", "progress", "checkpoint_every", "num_workers", "epochs", "patience", "eval.test"}
+GRAD_STATS = ("grad_norm", "clipped")  # per optimizer step, summed beside the loss terms, reported per epoch
 # Written last into a checkpoint folder, atomically: a folder without it is incomplete and never resumed from.
 COMPLETE_MARKER = "trainer_state.json"
 
@@ -154,13 +155,8 @@ def run_train(cfg: TrainConfig) -> dict:
     if not finished:
         return {"output": str(recipe.out), "stopped_at_step": recipe.state.global_step}
     st, test = recipe.state, recipe.test
-    log.info(
-        "done: epoch %d selected, test ndcg@10 %.4f hr@10 %.4f -> %s",
-        st.best_epoch,
-        test["ndcg@10"],
-        test["hr@10"],
-        recipe.out,
-    )
+    tested = f"test ndcg@10 {test['ndcg@10']:.4f} hr@10 {test['hr@10']:.4f}" if test else "test not read (eval.test)"
+    log.info("done: epoch %d selected (valid ndcg@10 %.4f), %s -> %s", st.best_epoch, st.best, tested, recipe.out)
     return {"output": str(recipe.out), "selected_epoch": st.best_epoch, "best_valid_ndcg@10": st.best, "test": test}
 
 
@@ -173,6 +169,7 @@ class TrainRecipe:
         self.swaps = 0  # checkpoint swaps in this process (the kill_in_swap hook counts them)
         self.timings: list[float] = []  # seconds of each epoch trained in this session
         self.test: dict[str, float] | None = None  # test metrics of the selected epoch, once measured
+        self.on_epoch_end = None  # called with each epoch's validation row (a sweep reports it to Ray Tune)
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self, write_config: bool = True) -> None:
@@ -194,10 +191,11 @@ class TrainRecipe:
         sources = open_modalities(cfg, ds)
         self.state.inputs = input_identity(ds, sources)
         heads = distill_heads(cfg)
-        self.teachers = {m: sources[m].teacher() for m in heads}
+        self.teachers = {m: sources[m].teacher(cfg.distill.unique_items) for m in heads}
         # 3. Model and optimizers (the async step's two parameter groups; sparse item tables at scale).
         check_fits(cfg, ds.n_items, [s.table.shape[1] for s in sources.values()], self.accelerator.device)
-        model = self._setup_model(ds.n_items, {m: s.table for m, s in sources.items()}, heads)
+        features = {m: scale_features(s.table, cfg.model.feature_scaling) for m, s in sources.items()}
+        model = self._setup_model(ds.n_items, features, heads)
         optimizers = build_optimizers(model, cfg)
         # 4. Loaders: the train collate computes teacher targets in the DataLoader workers.
         loader = self._setup_train_data(ds.n_items, model.backbone.causal)
@@ -275,8 +273,8 @@ class TrainRecipe:
 
     def _setup_eval_data(self, causal: bool) -> None:
         self.eval_loaders = {}
-        for split in ("valid", "test"):
-            hist, rel, skipped = self.seqs.eval_cases(split)
+        for split in ("valid", "test"):  # eval.cases: the same case shape for both
+            hist, rel, skipped = self.seqs.eval_cases(split, self.cfg.eval.cases == "per_item")
             hist, rel = self._sample_users(split, hist, rel)
             if not hist:  # model selection never falls back to test
                 need, part = {
@@ -289,11 +287,14 @@ class TrainRecipe:
                 cases, batch_size=self.cfg.eval.batch_size, collate_fn=partial(eval_collate, extra=int(not causal))
             )
             self.eval_loaders[split] = self.accelerator.prepare(dl)
+            # per case (= per user unless eval.cases is per_item); skipped: users without the split, empty histories
             self.counts.setdefault("eval_users", {})[split] = len(cases)
+            self.counts.setdefault("eval_cases", {})[split] = len(cases)
             self.counts.setdefault("eval_users_skipped", {})[split] = skipped
 
     def _sample_users(self, split: str, hist: list, rel: list) -> tuple[list, list]:
-        """eval.sample_users: a seeded random subset of the cases (the same users every epoch and on resume)."""
+        """eval.sample_users: a seeded random subset of the cases (the same cases every epoch and on resume; under
+        eval.cases per_item a user's cases are sampled independently)."""
         n = self.cfg.eval.sample_users
         if not n or n >= len(hist):
             return hist, rel
@@ -358,8 +359,9 @@ class TrainRecipe:
             self.timings.append(time.perf_counter() - t0)
             self._end_epoch()
         self.load_best()
-        self.test = self.evaluate("test")
-        acc.log({f"test/{k}": v for k, v in self.test.items()}, step=st.global_step)
+        if cfg.eval.test:
+            self.test = self.evaluate("test")
+            acc.log({f"test/{k}": v for k, v in self.test.items()}, step=st.global_step)
         self._write_metrics()
         return True
 
@@ -369,14 +371,16 @@ class TrainRecipe:
         t0 = time.perf_counter()
         valid = self.evaluate("valid")
         eval_seconds = time.perf_counter() - t0
-        n = max(1, st.loss_batches)
+        n, steps = max(1, st.loss_batches), max(1, st.step_in_epoch)
         st.history.append(
             {
                 "epoch": st.epoch,
                 "step": st.global_step,
                 "seconds": round(seconds, 2),
                 "eval_seconds": round(eval_seconds, 2),
-                **{f"loss/{k}": v / n for k, v in st.loss_sums.items()},
+                **{f"loss/{k}": v / n for k, v in st.loss_sums.items() if k not in GRAD_STATS},
+                # mean total gradient norm before clipping, and the fraction of steps clipping shrank
+                **{k: st.loss_sums[k] / steps for k in GRAD_STATS if k in st.loss_sums},
                 **valid,
             }
         )
@@ -398,6 +402,8 @@ class TrainRecipe:
         st.epoch, st.step_in_epoch = st.epoch + 1, 0
         self.save_checkpoint()
         self._write_metrics()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(st.history[-1])
 
     def _train_epoch(self) -> bool:
         """The epoch's optimizer steps (those left after a resume); False when the stop-after hook fired."""
@@ -449,9 +455,12 @@ class TrainRecipe:
             acc.backward(loss)
             if acc.sync_gradients and cfg.optim.clip_norm:
                 if self.sparse:
-                    clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
+                    norm = clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
                 else:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
+                    norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
+                norm = float(norm)
+                for k, v in zip(GRAD_STATS, (norm, float(norm > cfg.optim.clip_norm))):
+                    st.loss_sums[k] = st.loss_sums.get(k, 0.0) + v
             for optimizer in self.optimizers:
                 optimizer.step()
                 optimizer.zero_grad()
@@ -480,10 +489,15 @@ class TrainRecipe:
             self.save_checkpoint()
 
     # ---- evaluation --------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        """Exact full ranking in item chunks (or the labelled sampled mode) over one split, sharded over
-        processes. The candidate table is fused once per pass."""
+        """Mean metrics over one split's users (`evaluate_users`)."""
+        return {k: float(v.mean()) for k, v in self.evaluate_users(split).items()}
+
+    @torch.no_grad()
+    def evaluate_users(self, split: str) -> dict[str, torch.Tensor]:
+        """Per-user metrics {name: (U,)} over one split, in the split's user order: exact full ranking in item
+        chunks (or the labelled sampled mode), sharded over processes. The candidate table is fused once per
+        pass."""
         cfg, acc = self.cfg, self.accelerator
         model = acc.unwrap_model(self.model)
         model.eval()
@@ -506,7 +520,7 @@ class TrainRecipe:
         model.train()
         # per-user rows after the gather (which drops the duplicates padding the last shard): = eval_users
         self.counts.setdefault("eval_rows_gathered", {})[split] = sum(len(v) for v in parts["ndcg@10"])
-        return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     # ---- checkpoints and outputs -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -574,13 +588,18 @@ class TrainRecipe:
 
     @property
     def ranking_label(self) -> str:
-        n, users = self.cfg.eval.sampled_negatives, self.cfg.eval.sample_users
+        ev = self.cfg.eval
+        n, users, per_item = ev.sampled_negatives, ev.sample_users, ev.cases == "per_item"
         label = (
             f"SAMPLED: target vs {n} random negatives (not comparable to full ranking)"
             if n
             else "full ranking over all items"
         )
-        return label + (f", on a random sample of {users:,} users per split" if users else "")
+        if users:
+            label += f", on a random sample of {users:,} {'cases' if per_item else 'users'} per split"
+        if per_item:
+            label += ", one next-item case per item of the split with a growing history (the released KDSR protocol)"
+        return label
 
     def cleanup(self) -> None:
         if self.hooks.process_report:
