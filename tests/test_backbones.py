@@ -1,5 +1,6 @@
 """Each backbone's shapes and masking, and a few optimizer steps of the student reducing its loss."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,9 @@ N = 30
 
 
 def cfg(name, **kw):
-    return ModelConfig(backbone=name, hidden=16, n_layers=1, n_heads=2, dropout=0.0, max_len=8, **kw)
+    return ModelConfig(
+        **{"backbone": name, "hidden": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "max_len": 8, **kw}
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -26,7 +29,7 @@ def test_shapes_and_scores(name):
     assert bb.score(h[:, -1], torch.randn(N + 1, 16)).shape == (3, N + 1)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "graph"])
 def test_causal_backbones_never_look_ahead(name):
     bb = build_backbone(cfg(name)).eval()
     x = torch.randn(2, 6, 16)
@@ -34,6 +37,78 @@ def test_causal_backbones_never_look_ahead(name):
     y[:, 4:] = torch.randn(2, 2, 16)  # change the future (or the padding) only
     pad = torch.zeros(2, 6, dtype=torch.bool)
     assert torch.allclose(bb(x, pad)[:, :4], bb(y, pad)[:, :4], atol=1e-5)
+
+
+def released_graph_states(bb, table, ids):
+    """The graph backbone rebuilt the released way, one prefix at a time (one round): for each t the graph over
+    the distinct items of ids[: t + 1] with HoldenHu/KDSR data_utils.py's adjacency (1 self loop, 2 out, 3 in,
+    4 both), the RGAT round over its nodes, the gate, and the sum of the states of items t and t - 1."""
+    out = []
+    for t in range(len(ids)):
+        prefix = ids[: t + 1].tolist()
+        nodes = sorted(set(prefix))
+        at = {item: i for i, item in enumerate(nodes)}
+        adj = torch.eye(len(nodes), dtype=torch.long)
+        for a, b in zip(prefix, prefix[1:]):
+            u, v = at[a], at[b]
+            if u == v or adj[u, v] == 4:
+                continue
+            if adj[v, u] == 2:
+                adj[u, v] = adj[v, u] = 4
+            else:
+                adj[u, v], adj[v, u] = 2, 3
+        x = table[nodes][None]  # (1, n, D)
+        g = bb.rounds[0](x, x, adj[None])[0]
+        state = [bb.mix(x[0, at[i]], g[at[i]]) for i in prefix[-2:]]
+        out.append(sum(state))
+    return torch.stack(out)
+
+
+def test_graph_state_at_t_is_the_released_graph_of_the_prefix():
+    """Repeated items share a node, a -> b and b -> a make "both", a -> a adds nothing: at every t, the state
+    is what the released model computes on the prefix 0..t (padding and a second sequence alongside)."""
+    torch.manual_seed(0)
+    bb = build_backbone(cfg("graph")).eval()
+    seqs = [torch.tensor([3, 5, 3, 7, 5, 5, 3, 2]), torch.tensor([4, 4, 6, 4, 1])]
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+    table = torch.randn(10, 16)
+    h = bb(table[ids], ids == 0)
+    for i, s in enumerate(seqs):
+        expected = released_graph_states(bb, table, s)
+        assert torch.allclose(h[i, : len(s)], expected, atol=1e-5)
+    assert h[1, len(seqs[1]) :].eq(0).all()
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_graph_never_looks_ahead_through_repeated_items(n_layers):
+    """A later repeat of an earlier item would add edges to that item's node; the state at t must not see them."""
+    torch.manual_seed(0)
+    bb = build_backbone(cfg("graph", n_layers=n_layers)).eval()
+    table = torch.randn(10, 16)
+    ids = torch.tensor([[3, 5, 3, 7, 2, 9, 1, 8]])
+    future = ids.clone()
+    future[0, 4:] = torch.tensor([3, 7, 5, 3])  # 7 -> 3 ... 3 -> 7, 3 -> 5: new edges among earlier nodes
+    pad = torch.zeros(1, 8, dtype=torch.bool)
+    h, g = bb(table[ids], pad), bb(table[future], pad)
+    assert torch.allclose(h[:, :4], g[:, :4], atol=1e-6)
+    assert not torch.allclose(h[:, 4:], g[:, 4:], atol=1e-3)  # the change is seen from t = 4 on
+
+
+def test_graph_padding_changes_no_real_position():
+    """Padding rows, even ones equal to a real item's row, neither join the graph nor move real states."""
+    torch.manual_seed(0)
+    bb = build_backbone(cfg("graph", n_layers=2)).eval()
+    table = torch.randn(10, 16)
+    ids = torch.tensor([[3, 5, 3, 7, 5]])
+    short = bb(table[ids], torch.zeros(1, 5, dtype=torch.bool))
+    pad = torch.zeros(1, 8, dtype=torch.bool)
+    pad[:, 5:] = True
+    for rows in (torch.randn(1, 3, 16), table[[5, 3, 5]][None], torch.zeros(1, 3, 16)):
+        h = bb(torch.cat([table[ids], rows], 1), pad)
+        assert torch.allclose(h[:, :5], short, atol=1e-6)
+        assert h[:, 5:].eq(0).all()
 
 
 def test_bert4rec_ignores_padding():
@@ -78,6 +153,23 @@ def test_a_few_steps_reduce_the_loss(name, fusion):
     assert losses[-1] < 0.8 * losses[0], losses
     if feats:  # the modality table is trained too, not frozen
         assert not torch.equal(model.modality_tables["text"].detach(), feats["text"])
+
+
+def test_graph_learns_what_follows_a_shared_item_from_the_item_before_it():
+    """a_k -> c -> b_k: after the shared item c the target depends on a_k, which only the graph's edge from
+    a_k (and last-two pooling) carries; a model of item t alone stays at 1 in 8."""
+    torch.manual_seed(0)
+    windows = [np.array([k + 1, N, k + 11]) for k in range(8)]
+    batch = TrainCollate()([TrainWindows(windows, N, True, seed=0)[i] for i in range(8)])
+    model = Student(N, cfg("graph"), {}, distill=DistillConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        loss = model(batch)["rec"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = model.eval().scores(batch["inputs"], torch.full((8,), 2))  # after a_k, c
+    assert scores.argmax(1).tolist() == [k + 11 for k in range(8)]
 
 
 def test_student_refuses_features_of_the_wrong_size():

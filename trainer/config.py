@@ -16,7 +16,7 @@ from kdsr.config import Config
 
 
 class ModelConfig(Config):
-    backbone: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
+    backbone: Literal["sasrec", "gru4rec", "bert4rec", "graph"] = "sasrec"
     hidden: int = Field(128, gt=0)  # embedding size of the released run
     n_layers: int = Field(2, gt=0)
     n_heads: int = Field(2, gt=0)
