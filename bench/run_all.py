@@ -41,8 +41,9 @@ BENCHES = {
     "serve": ("serve.md", [sys.executable, "-m", "bench.bench_serve"]),
     "faults": ("faults.md", None),  # bench/bench_faults.py: SIGKILL at random moments, resume, compare (~30 min)
     "gpu": ("gpu.md", None),  # make gpu-check, on a CUDA machine
-    "quality": ("quality.md", None),  # bench/run_quality.py: hours on 2 cores, run on its own
-    "quality-long": ("quality-long.md", None),  # the same, longer budget, fused vs distilled
+    "quality": ("quality.md", None),  # kdsr sweep configs/sweep/beauty-arms.yaml: hours on 2 cores, run alone
+    # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
+    "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled
     "quality-ablations": ("quality-ablations.md", None),  # SASRec ablations and why-probes, more seeds
     "quality-backbones": ("quality-backbones.md", None),  # GRU4Rec / BERT4Rec: ID only, fused, distilled
     "quality-ae": ("quality-ae.md", None),  # the same SASRec pair on autoencoder-reduced features

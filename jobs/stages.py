@@ -52,6 +52,12 @@ STAGES: dict[str, Stage] = {
             "jobs.train",
             "trainer.config:TrainConfig",
         ),
+        Stage(
+            "sweep",
+            "many trainings on Ray Tune: each arm's configuration chosen on validation, its test read once",
+            "jobs.sweep",
+            "trainer.sweep:SweepConfig",
+        ),
         Stage("evaluate", "re-evaluate a saved run with full ranking", "jobs.evaluate", None),
         Stage(
             "recommend",

@@ -156,6 +156,11 @@ def test_every_shipped_config_loads_with_its_schema(path):
     )
     if stage == "prepare":
         assert cfg.output_dir == f"runs/data/{cfg.name}"
+    if stage == "sweep":  # every trial's train config validates (the base, relative to the repository)
+        from trainer.sweep import plan_trials
+
+        cfg.base = str(REPO_ROOT / cfg.base)
+        assert plan_trials(cfg, str(path))
 
 
 def test_unregistered_stage_is_refused():

@@ -50,6 +50,9 @@ def test_pipeline_runs_every_stage_then_caches(tmp_path, data_dir, capsys):
     row_cos, pair_r = rows[1]["retention"]["text"]  # 8 slow steps barely move V^m away from the features
     assert 0.95 < row_cos <= 1.0 + 1e-6 and 0.95 < pair_r <= 1.0 + 1e-6
     assert f"| text {pair_r:.2f} |" in report
+    # the report names the winner on validation, not on test
+    best = max(rows, key=lambda r: r["valid_ndcg@10"])
+    assert f"On validation, **{best['label']}** won: NDCG@10 {best['valid_ndcg@10']:.4f}" in report
     assert (out / "training_curves.png").stat().st_size > 10_000
     # the distilled run read the dissection this pipeline built, not the path in the shipped config
     kd_cfg = yaml.safe_load((out / "kd" / "config.yaml").read_text())

@@ -1,0 +1,149 @@
+"""`kdsr sweep` end to end on Ray Tune: a tiny sweep of three arms on the synthetic walk data runs every trial,
+selects each arm's configuration on validation, reads test once for the winners only, skips finished trials on a
+re-run, and refuses an unknown key before anything runs."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from jobs import sweep as sweep_job
+from toydata import synthetic, toy_features
+from trainer.significance import paired_lift
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data = synthetic(root / "data", n_users=60, n_items=40)
+    feats = toy_features(data, root / "feat", mask_every=9)
+    base = {
+        "dataset": str(data),
+        "out_dir": str(root / "unused"),
+        "epochs": 3,
+        "patience": 2,
+        "num_workers": 0,
+        "model": {"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 8},
+        "optim": {"batch_size": 8, "lr": 0.01},
+        "eval": {"ks": [5, 10]},
+    }
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    text = [{"name": "text", "features": str(feats)}]
+    sweep = {
+        "base": str(root / "base.yaml"),
+        "out_dir": str(root / "out"),
+        "seeds": [0, 1],
+        "arms": {
+            "id": {},
+            "fused": {"set": {"modalities": text, "distill.enabled": False}, "grid": {"model.fusion": ["sum", "gate"]}},
+            "distilled": {"set": {"modalities": text}, "grid": {"model.feature_scaling": ["none", "l2"]}},
+        },
+        "trial_cpus": 1,
+        "ray": {"num_cpus": 2},
+        "bootstrap": 200,
+    }
+    (root / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))  # arms in order: id first
+    return root
+
+
+def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys):
+    root = sweep_setup
+    assert sweep_job.main([str(root / "sweep.yaml")]) == 0
+    summary = json.loads(capsys.readouterr().out)  # stdout: the summary line only
+    assert summary["trials"] == 10 and summary["ran"] == 10
+    out = root / "out"
+    result = json.loads((out / "results.json").read_text())
+    trials = result["trials"]
+    assert len(trials) == 10 and {t["status"] for t in trials} == {"finished"}
+    # no trial read test: eval.test is off in every trial
+    for t in trials:
+        metrics = json.loads((out / "trials" / f"{t['name']}" / "metrics.json").read_text())
+        assert metrics["test"] is None
+        assert metrics["valid_history"][t["selected_epoch"]]["ndcg@10"] == pytest.approx(t["valid"]["ndcg@10"])
+    # each arm's winner is its configuration with the best mean validation NDCG@10 over the two seeds
+    for arm, a in result["arms"].items():
+        means = {}
+        for t in trials:
+            if t["arm"] == arm:
+                label = ", ".join(f"{k}={v}" for k, v in t["params"].items()) or "-"
+                means.setdefault(label, []).append(t["valid"]["ndcg@10"])
+        assert all(len(v) == 2 for v in means.values())
+        best = max(means, key=lambda k: np.mean(means[k]))
+        assert a["winner"] == best, arm
+        assert sorted(a["test"]) == ["0", "1"]  # test of the winner's two seeds only
+    tested = sorted(p.name for p in (out / "test").iterdir())
+    assert len(tested) == 6  # 3 winners x 2 seeds, nothing else
+    # the lifts are paired over the same users
+    for arm in ("fused", "distilled"):
+        lift = result["lifts"][arm]["ndcg@10"]
+        assert lift["seeds"] == 2 and 0 <= lift["t_p_value"] <= 1 and lift["ci_low"] <= lift["ci_high"]
+    # what the winners' V^m kept of the stored features: arms with features only, cosines and r in [-1, 1]
+    assert sorted(result["retention"]) == ["distilled", "fused"]
+    assert all(-1 <= v <= 1 for a in result["retention"].values() for v in a["text"])
+    md = (out / "results.md").read_text()
+    assert "## Winners on validation, and their test" in md and "distilled" in md and "p (paired t)" in md
+
+    # a re-run trains nothing and reads no test again
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()}
+    assert sweep_job.main([str(root / "sweep.yaml")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["ran"] == 0 and again["winners"] == summary["winners"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()} == stamps
+
+    # a changed base under the same out_dir is refused, naming the trial folder
+    assert sweep_job.main([str(root / "sweep.yaml"), "set={optim.lr: 0.02}"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with another config" in err and "Traceback" not in err
+
+
+def test_search_seeds_search_the_grid_on_the_first_seed_then_train_the_winner_on_the_rest(sweep_setup, capsys):
+    root = sweep_setup
+    spec = yaml.safe_load((root / "sweep.yaml").read_text())
+    del spec["arms"]["distilled"]
+    spec |= {"out_dir": str(root / "search"), "search_seeds": 1}
+    (root / "search.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_job.main([str(root / "search.yaml")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # id: 2 seeds; fused: 2 configurations on seed 0, then the winner on seed 1
+    assert summary["trials"] == 5 and summary["ran"] == 5
+    result = json.loads((root / "search" / "results.json").read_text())
+    fused = [t for t in result["trials"] if t["arm"] == "fused"]
+    on_seed0 = {t["params"]["model.fusion"]: t["valid"]["ndcg@10"] for t in fused if t["seed"] == 0}
+    best = max(on_seed0, key=on_seed0.get)
+    assert result["arms"]["fused"]["winner"] == f"model.fusion={best}"
+    assert [t["params"]["model.fusion"] for t in fused if t["seed"] == 1] == [best]
+    n = {c["label"]: c["n"] for c in result["arms"]["fused"]["configurations"]}
+    assert n[f"model.fusion={best}"] == 2 and sorted(n.values()) == [1, 2]
+    assert sorted(result["arms"]["fused"]["test"]) == ["0", "1"]
+    assert "first 1 seed(s) wins" in (root / "search" / "results.md").read_text()
+
+
+def test_sweep_refuses_an_unknown_key_before_running(sweep_setup, capsys):
+    root = sweep_setup
+    bad = yaml.safe_load((root / "sweep.yaml").read_text())
+    bad["arms"]["fused"]["grid"]["model.fusoin"] = ["sum"]
+    bad["out_dir"] = str(root / "bad")
+    (root / "bad.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    assert sweep_job.main([str(root / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "arm 'fused'" in err and "unknown key 'model.fusoin'" in err and "Traceback" not in err
+    assert not (root / "bad").exists()
+    # and an unknown sweep key
+    assert sweep_job.main([str(root / "sweep.yaml"), "trial_cpu=2"]) == 2
+    assert "trial_cpu" in capsys.readouterr().err
+
+
+def test_paired_lift_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    base = [rng.random(2000) for _ in range(3)]
+    better = [b + 0.05 + rng.normal(0, 0.1, b.size) for b in base]
+    same = [b + rng.normal(0, 0.1, b.size) for b in base]
+    up = paired_lift(better, base, n_boot=500)
+    assert up.t_p_value < 1e-6 and up.ci_low > 0.04 and up.mean_diff == pytest.approx(0.05, abs=0.01)
+    null = paired_lift(same, base, n_boot=500)
+    assert null.t_p_value > 0.01 and null.ci_low < 0 < null.ci_high
+    with pytest.raises(ValueError, match="not evaluated on the same users"):
+        paired_lift([base[0][:10]], [base[0]])
