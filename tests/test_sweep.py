@@ -93,6 +93,12 @@ def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys
     assert again["ran"] == 0 and again["winners"] == summary["winners"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()} == stamps
 
+    # a finished trial of an older trainer version (another config hash, the same config read today) still counts
+    record = next((out / "trials").glob("fused/*-seed0/trial.json"))
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"config_sha": "older"}))
+    assert sweep_job.main([str(root / "sweep.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 0
+
     # a changed base under the same out_dir is refused, naming the trial folder
     assert sweep_job.main([str(root / "sweep.yaml"), "set={optim.lr: 0.02}"]) == 2
     err = capsys.readouterr().err

@@ -197,13 +197,23 @@ def load_done(trials: list[Trial]) -> list[Trial]:
             todo.append(t)
             continue
         result = json.loads(path.read_text())
-        if result.get("config_sha") != t.config_sha:
+        if result.get("config_sha") != t.config_sha and not _trained_as_planned(t):
             raise ConfigError(
                 f"{path}: this trial was trained with another config (the base or the sweep changed); "
                 "sweep into a new out_dir, or remove that trial's folder to retrain it"
             )
         t.result = result
     return todo
+
+
+def _trained_as_planned(t: Trial) -> bool:
+    """The trial's saved config.yaml, read with today's TrainConfig, is the planned config: a key added to the
+    trainer since (its default filled in on both sides) does not make a finished trial stale."""
+    try:
+        saved = config_to_dict(TrainConfig.model_validate(yaml.safe_load((t.out / "config.yaml").read_text())))
+    except (OSError, yaml.YAMLError, ValueError):
+        return False
+    return saved == t.config
 
 
 def trial_record(t: Trial, status: str, seconds: float) -> dict:
