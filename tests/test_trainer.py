@@ -360,3 +360,27 @@ def test_feature_scaling_keeps_zero_rows_and_scales_the_rest():
         assert out[0].eq(0).all() and out[3].eq(0).all()
     with pytest.raises(ValueError, match="unknown feature scaling 'max'"):
         scale_features(table, "max")
+
+
+def test_distillation_variants_onto_id_and_fading_weights(tmp_path, toy):
+    """distill.onto_id adds the same terms on the ID embeddings (they fall as they train); distill.fade_epochs
+    weights distillation 1, 1/2, 0 over epochs 0, 1, 2 of a 2-epoch fade."""
+    cfg = write_cfg(tmp_path, toy, epochs=3)
+    assert run(cfg, "distill.onto_id=true", "distill.fade_epochs=2") == 0
+    hist = json.loads((tmp_path / "run" / "metrics.json").read_text())["valid_history"]
+    for term in ("loss/hol/id<-text", "loss/code/id<-text", "loss/hol/text", "loss/code/text"):
+        assert all(np.isfinite(h[term]) for h in hist), term
+    assert hist[1]["loss/hol/id<-text"] < hist[0]["loss/hol/id<-text"]  # the ID table learns the correlations
+    recipe = recipe_module.TrainRecipe(load_config(TrainConfig, cfg, ["distill.fade_epochs=2"]))
+    assert [recipe.distill_factor(e) for e in range(4)] == [1.0, 0.5, 0.0, 0.0]
+    assert recipe_module.TrainRecipe(load_config(TrainConfig, cfg)).distill_factor(7) == 1.0
+    # the ID heads exist only when asked for
+    model = Student(
+        40,
+        load_config(TrainConfig, cfg).model,
+        {"text": torch.randn(41, 16)},
+        {"text": DistillHeads(True, True)},
+        {"text": 5},
+        load_config(TrainConfig, cfg).distill,
+    )
+    assert not model.id_holistic_heads and not model.id_code_heads

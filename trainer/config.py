@@ -60,6 +60,14 @@ class DistillConfig(Config):
     # Pairs over a sequence's unique items (a repeated item is one node, as in the released code); false: every
     # position is a node, so a repeated item's pairs count once per repetition (ours, labelled).
     unique_items: bool = True
+    # Ours, labelled (variants to try where distillation trails the fused baseline):
+    # the distillation weights fall linearly to 0 over the first `fade_epochs` epochs (epoch e is weighted
+    # max(0, 1 - e / fade_epochs)): the correlations guide the start, then the tables adapt freely; null:
+    # constant weights, as the paper.
+    fade_epochs: int | None = Field(None, gt=0)
+    # The same holistic and code terms (same teacher, same weights, own heads) also supervise the ID
+    # embeddings, the table that scores the candidates under `model.score_items: id`.
+    onto_id: bool = False
 
 
 class AsyncStepConfig(Config):

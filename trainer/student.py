@@ -77,7 +77,8 @@ class Fusion(nn.Module):
 
 
 class Student(nn.Module):
-    """Everything trainable. forward(batch) -> unweighted loss terms {"rec", "hol/<m>", "code/<m>"}.
+    """Everything trainable. forward(batch) -> unweighted loss terms {"rec", "hol/<m>", "code/<m>"} (plus
+    "hol/id<-<m>", "code/id<-<m>" on the ID embeddings under distill.onto_id).
 
     features: {modality: (N + 1, d_m) float tensor, row 0 = zeros} to initialise V^m.
     heads: {modality: DistillHeads}; n_codes: {modality: K}.
@@ -123,6 +124,18 @@ class Student(nn.Module):
         )
         self.code_heads = nn.ModuleDict(
             {m: CodeLoss(features[m].shape[1], n_codes[m]) for m, h in heads.items() if h.code}
+        )
+        # distill.onto_id: heads of the same terms on the ID embeddings, one per distilled modality
+        onto_id = bool(distill is not None and distill.onto_id)
+        self.id_holistic_heads = nn.ModuleDict(
+            {
+                m: HolisticLoss(cfg.hidden, distill.proj_dim, distill.tau, distill.holistic, distill.holistic_mean)
+                for m, h in heads.items()
+                if h.holistic and onto_id
+            }
+        )
+        self.id_code_heads = nn.ModuleDict(
+            {m: CodeLoss(cfg.hidden, n_codes[m]) for m, h in heads.items() if h.code and onto_id}
         )
 
     def modality_parameters(self) -> list[nn.Parameter]:
@@ -237,4 +250,10 @@ class Student(nn.Module):
         for m, head in self.code_heads.items():
             v = self.modality_rows(m, batch["items"])
             out[f"code/{m}"] = head(v, batch[f"{m}.codes"], batch[f"{m}.pair_mask"])
+        if self.id_holistic_heads or self.id_code_heads:
+            ids = F.embedding(batch["items"], self.id_emb.weight, sparse=self.sparse)  # (B, L, D)
+            for m, head in self.id_holistic_heads.items():
+                out[f"hol/id<-{m}"] = head(ids, batch[f"{m}.sim"], batch[f"{m}.pair_mask"])
+            for m, head in self.id_code_heads.items():
+                out[f"code/id<-{m}"] = head(ids, batch[f"{m}.codes"], batch[f"{m}.pair_mask"])
         return out

@@ -207,9 +207,10 @@ class TrainRecipe:
 
     def _setup_model(self, n_items: int, features: dict, heads: dict[str, DistillHeads]) -> Student:
         cfg = self.cfg
-        self.weights = {f"hol/{m.name}": m.weight_hol for m in cfg.modalities} | {
-            f"code/{m.name}": m.weight_code for m in cfg.modalities
-        }
+        self.weights = {}
+        for m in cfg.modalities:  # a term on V^m, and under distill.onto_id the same term on the ID embeddings
+            for target in (m.name, f"id<-{m.name}"):
+                self.weights |= {f"hol/{target}": m.weight_hol, f"code/{target}": m.weight_code}
         n_codes = {m: teacher.n_codes for m, teacher in self.teachers.items()}
         self.sparse = resolve_sparse_tables(cfg, self.accelerator)
         return Student(n_items, cfg.model, features, heads, n_codes, cfg.distill, cfg.optim.loss, self.sparse)
@@ -440,6 +441,11 @@ class TrainRecipe:
         bar.close()
         return True
 
+    def distill_factor(self, epoch: int) -> float:
+        """distill.fade_epochs: the distillation weights' factor in `epoch`, 1 -> 0 linearly; 1 without it."""
+        fade = self.cfg.distill.fade_epochs
+        return 1.0 if fade is None else max(0.0, 1.0 - epoch / fade)
+
     def _step(self, index: int, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One micro-batch: forward, backward and (on a sync step) the optimizer step -> (loss terms, loss)."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -451,7 +457,8 @@ class TrainRecipe:
             batch = self._add_negatives(batch, (st.epoch * 100_000_000 + index) * 64 + acc.process_index)
         with acc.accumulate(self.model):
             terms = self.model(batch)
-            loss = terms["rec"] + sum(self.weights[k] * v for k, v in terms.items() if k != "rec")
+            fade = self.distill_factor(st.epoch)
+            loss = terms["rec"] + fade * sum(self.weights[k] * v for k, v in terms.items() if k != "rec")
             acc.backward(loss)
             if acc.sync_gradients and cfg.optim.clip_norm:
                 if self.sparse:
