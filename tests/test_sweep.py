@@ -86,6 +86,8 @@ def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys
     md = (out / "results.md").read_text()
     assert "## Winners on validation, and their test" in md and "distilled" in md and "p (paired t)" in md
 
+    assert result["trials_done"] == "10 of 10" and "IN PROGRESS" not in md
+
     # a re-run trains nothing and reads no test again
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()}
     assert sweep_job.main([str(root / "sweep.yaml")]) == 0
@@ -111,6 +113,12 @@ def test_search_seeds_search_the_grid_on_the_first_seed_then_train_the_winner_on
     del spec["arms"]["distilled"]
     spec |= {"out_dir": str(root / "search"), "search_seeds": 1}
     (root / "search.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # train=false before anything ran: nothing trained, nothing tested, the state reported as in progress
+    assert sweep_job.main([str(root / "search.yaml"), "train=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 0
+    early = json.loads((root / "search" / "results.json").read_text())
+    assert early["trials_done"] == "0 of 5" and not (root / "search" / "test").exists()
+    assert "IN PROGRESS" in (root / "search" / "results.md").read_text()
     assert sweep_job.main([str(root / "search.yaml")]) == 0
     summary = json.loads(capsys.readouterr().out)
     # id: 2 seeds; fused: 2 configurations on seed 0, then the winner on seed 1

@@ -90,6 +90,9 @@ class SweepConfig(Config):
     asha: AshaConfig = AshaConfig()
     ray: RayConfig = RayConfig()
     test: bool = True  # evaluate each arm's winner on test (once); false: validation only
+    # false: train nothing; select, test and report what is done so far (a study's state while it runs). An
+    # arm's winner is tested only once its search is complete, so test never sees a configuration that loses.
+    train: bool = True
     bootstrap: int = Field(2000, ge=100)  # bootstrap resamples of the paired lifts
     report: str | None = None  # also write the results table here (e.g. bench/results/quality.md)
 
@@ -444,25 +447,33 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     search, confirm = split_search(cfg, planned)
     todo = load_done(search)
     log.info("sweep: %d trials, %d done, %d to run -> %s", len(search), len(search) - len(todo), len(todo), cfg.out_dir)
-    failed = run_on_tune(cfg, todo) if todo else []
-    load_done(todo)
-    ran = len(todo)
+    ran, failed = 0, []
+    if todo and cfg.train:
+        failed = run_on_tune(cfg, todo)
+        load_done(todo)
+        ran = len(todo)
+    searched = {arm for arm in cfg.arms if all(t.result for t in search if t.arm == arm)}
     chosen = None
-    if confirm and not failed:  # the search seeds chose each arm's winner: train it on the other seeds
+    if confirm and not failed and searched == set(cfg.arms):  # winners chosen: train them on the other seeds
         chosen = {arm: a["winner"]["key"] for arm, a in select(cfg, search).items() if a["winner"]}
         confirm = [t for t in confirm if chosen.get(t.arm) == t.key]
         todo = load_done(confirm)
         log.info("sweep: the winners on the remaining seeds: %d trials, %d to run", len(confirm), len(todo))
-        failed = run_on_tune(cfg, todo) if todo else []
-        load_done(todo)
-        ran += len(todo)
+        if todo and cfg.train:
+            failed = run_on_tune(cfg, todo)
+            load_done(todo)
+            ran += len(todo)
     trials = search + (confirm if chosen else [])
     arms = select(cfg, trials, chosen)
-    tested = test_winners(cfg, arms) if cfg.test else {}
+    tested = test_winners(cfg, {a: v for a, v in arms.items() if a in searched}) if cfg.test else {}
+    # a complete sweep: the search, plus each searched arm's winner on every later seed
+    expected = len(search) + len({(t.arm, t.seed) for t in split_search(cfg, planned)[1]})
+    done = sum(bool(t.result) for t in trials)
     result = {
         "sweep": source,
         "base": cfg.base,
         "seeds": cfg.seeds,
+        "trials_done": f"{done} of {expected}",
         "selection": f"valid {METRIC}, mean over seeds"
         + (f"; grids searched on the first {cfg.search_seeds} seed(s)" if confirm_used(cfg) else ""),
         "baseline": cfg.baseline_arm,
