@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def test_two_cpu_processes_train_one_model(tmp_path, loss):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # INFO lines from the main process only; the run's summary printed once
-    assert proc.stderr.count("valid ndcg@10") == 2, proc.stderr[-3000:]
+    assert len(re.findall(r"epoch \d+: valid ndcg@10", proc.stderr)) == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("done: epoch") == 1, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["output"] == str(tmp_path / "run")
     ranks = [json.loads((tmp_path / "run" / "processes" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
