@@ -43,11 +43,13 @@ BENCHES = {
     "gpu": ("gpu.md", None),  # make gpu-check, on a CUDA machine
     "quality": ("quality.md", None),  # kdsr sweep configs/sweep/beauty-arms.yaml: hours on 2 cores, run alone
     # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
+    "quality-8epochs": ("quality-8epochs.md", None),  # the 8-epoch study of 2026-11-26 (and Scientific-mm)
     "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled
     "quality-ablations": ("quality-ablations.md", None),  # SASRec ablations and why-probes, more seeds
     "quality-backbones": ("quality-backbones.md", None),  # GRU4Rec / BERT4Rec: ID only, fused, distilled
     "quality-ae": ("quality-ae.md", None),  # the same SASRec pair on autoencoder-reduced features
     "quality-reading": ("quality_reading.md", None),  # by hand: what the quality runs say
+    "quality-reading-8epochs": ("quality_reading-8epochs.md", None),  # by hand: the 8-epoch study's reading
     "recbole": ("recbole.md", None),  # bench/recbole_sasrec.py notes from its first measurement
 }
 
