@@ -83,8 +83,13 @@ def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys
     # what the winners' V^m kept of the stored features: arms with features only, cosines and r in [-1, 1]
     assert sorted(result["retention"]) == ["distilled", "fused"]
     assert all(-1 <= v <= 1 for a in result["retention"].values() for v in a["text"])
+    # every pair of winners, in arm order: the same numbers as the lifts where the pair is against the baseline
+    pairs = {(p["arm"], p["vs"]): p for p in result["pairwise"]}
+    assert sorted(pairs) == [("distilled", "fused"), ("distilled", "id"), ("fused", "id")]
+    assert pairs[("fused", "id")]["ndcg@10"] == result["lifts"]["fused"]["ndcg@10"]
     md = (out / "results.md").read_text()
     assert "## Winners on validation, and their test" in md and "distilled" in md and "p (paired t)" in md
+    assert "Every pair of winners on test" in md and "| distilled | fused |" in md
 
     assert result["trials_done"] == "10 of 10" and "IN PROGRESS" not in md
 

@@ -408,22 +408,37 @@ def test_winners(cfg: SweepConfig, arms: dict[str, dict]) -> dict[str, dict[int,
     return out
 
 
-def lifts(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Each arm's winner against the baseline's, paired by seed and user, on test NDCG@10 and HR@10."""
+def _paired(cfg: SweepConfig, runs: dict[int, dict], base: dict[int, dict]) -> dict[str, dict] | None:
+    """One winner against another on test NDCG@10 and HR@10, paired by their common seeds and by user."""
     from trainer.significance import paired_lift
 
+    seeds = sorted(set(runs) & set(base))
+    if not seeds:
+        return None
+    return {
+        m: paired_lift(
+            [runs[s]["users"][m] for s in seeds], [base[s]["users"][m] for s in seeds], cfg.bootstrap
+        ).as_dict()
+        for m in ("ndcg@10", "hr@10")
+    }
+
+
+def lifts(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Each arm's winner against the baseline's, paired by seed and user, on test NDCG@10 and HR@10."""
     base = tested.get(cfg.baseline_arm, {})
-    out = {}
-    for arm, runs in tested.items():
-        seeds = sorted(set(runs) & set(base))
-        if arm == cfg.baseline_arm or not seeds:
-            continue
-        out[arm] = {
-            m: paired_lift(
-                [runs[s]["users"][m] for s in seeds], [base[s]["users"][m] for s in seeds], cfg.bootstrap
-            ).as_dict()
-            for m in ("ndcg@10", "hr@10")
-        }
+    out = {arm: _paired(cfg, runs, base) for arm, runs in tested.items() if arm != cfg.baseline_arm}
+    return {arm: lift for arm, lift in out.items() if lift}
+
+
+def pairwise(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> list[dict]:
+    """Every later arm's winner against every earlier one's (e.g. distilled vs fused), as `lifts` pairs them."""
+    arms = [a for a in cfg.arms if a in tested]
+    out = []
+    for i, arm in enumerate(arms):
+        for other in arms[:i]:
+            lift = _paired(cfg, tested[arm], tested[other])
+            if lift:
+                out.append({"arm": arm, "vs": other, **lift})
     return out
 
 
@@ -490,6 +505,7 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
             for arm, a in arms.items()
         },
         "lifts": lifts(cfg, tested),
+        "pairwise": pairwise(cfg, tested),
         "retention": retention(arms),
     }
     out = Path(cfg.out_dir)

@@ -88,6 +88,20 @@ def results_markdown(cfg, result: dict, trials: list) -> str:
             + " | ".join(cells)
             + " |"
         )
+    if len(result.get("pairwise", [])) > len(result["lifts"]):  # pairs beyond those against the baseline
+        lines += [
+            "",
+            "Every pair of winners on test, paired by seed and user:",
+            "",
+            "| arm | vs | NDCG@10 | p (paired t) | 95% CI | HR@10 | p (paired t) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for pair in result["pairwise"]:
+            n, h = pair["ndcg@10"], pair["hr@10"]
+            lines.append(
+                f"| {pair['arm']} | {pair['vs']} | {n['relative']:+.1%} ({n['mean_diff']:+.4f}) | {_p(n['t_p_value'])} "
+                f"| [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {h['relative']:+.1%} | {_p(h['t_p_value'])} |"
+            )
     if result.get("retention"):
         lines += [
             "",
