@@ -42,6 +42,8 @@ BENCHES = {
     "faults": ("faults.md", None),  # bench/bench_faults.py: SIGKILL at random moments, resume, compare (~30 min)
     "gpu": ("gpu.md", None),  # make gpu-check, on a CUDA machine
     "quality": ("quality.md", None),  # kdsr sweep configs/sweep/beauty-arms.yaml: hours on 2 cores, run alone
+    # kdsr sweep configs/sweep/scientific-arms.yaml report=bench/results/quality-scientific.md (~20 min)
+    "quality-scientific": ("quality-scientific.md", None),
     # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
     "quality-8epochs": ("quality-8epochs.md", None),  # the 8-epoch study of 2026-11-26 (and Scientific-mm)
     "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled
