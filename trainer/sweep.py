@@ -41,6 +41,7 @@ from kdsr.config import Config, ConfigError, apply_overrides, config_to_dict, ex
 from kdsr.errors import KdsrError
 from kdsr.files import write_json_atomic, write_text_atomic
 from trainer.config import TrainConfig
+from trainer.sweep_report import results_markdown, sd
 
 log = logging.getLogger(__name__)
 
@@ -357,16 +358,12 @@ def select(cfg: SweepConfig, trials: list[Trial], chosen: dict[str, str] | None 
         for c in configs.values():
             values = [t.result["valid"][METRIC] for t in c["trials"]]
             if values:
-                rows.append(c | {"valid_mean": statistics.mean(values), "valid_sd": _sd(values), "n": len(values)})
+                rows.append(c | {"valid_mean": statistics.mean(values), "valid_sd": sd(values), "n": len(values)})
         winner = max(rows, key=lambda r: r["valid_mean"]) if rows else None
         if chosen and arm in chosen:
             winner = next(r for r in rows if r["key"] == chosen[arm])
         arms[arm] = {"configurations": rows, "winner": winner}
     return arms
-
-
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def test_winners(cfg: SweepConfig, arms: dict[str, dict]) -> dict[str, dict[int, dict]]:
@@ -459,7 +456,8 @@ def retention(arms: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
 def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     """Plan, run what is not done, select on validation, test the winners once, write the results."""
     planned = plan_trials(cfg, source)
-    search, confirm = split_search(cfg, planned)
+    search, waiting = split_search(cfg, planned)
+    confirm = waiting
     todo = load_done(search)
     log.info("sweep: %d trials, %d done, %d to run -> %s", len(search), len(search) - len(todo), len(todo), cfg.out_dir)
     ran, failed = 0, []
@@ -482,7 +480,7 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     arms = select(cfg, trials, chosen)
     tested = test_winners(cfg, {a: v for a, v in arms.items() if a in searched}) if cfg.test else {}
     # a complete sweep: the search, plus each searched arm's winner on every later seed
-    expected = len(search) + len({(t.arm, t.seed) for t in split_search(cfg, planned)[1]})
+    expected = len(search) + len({(t.arm, t.seed) for t in waiting})
     done = sum(bool(t.result) for t in trials)
     result = {
         "sweep": source,
@@ -496,9 +494,7 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
         "failed": failed,
         "arms": {
             arm: {
-                "configurations": [
-                    {k: r[k] for k in ("key", "label", "valid_mean", "valid_sd", "n")} for r in a["configurations"]
-                ],
+                "configurations": [{k: r[k] for k in SUMMARY_KEYS} for r in a["configurations"]],
                 "winner": a["winner"] and a["winner"]["label"],
                 "test": {s: v["metrics"] for s, v in tested.get(arm, {}).items()},
             }
@@ -510,8 +506,6 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     }
     out = Path(cfg.out_dir)
     write_json_atomic(out / "results.json", result)
-    from trainer.sweep_report import results_markdown
-
     text = results_markdown(cfg, result, trials)
     write_text_atomic(out / "results.md", text)
     if cfg.report:
