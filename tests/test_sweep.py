@@ -11,6 +11,7 @@ import yaml
 from jobs import sweep as sweep_job
 from toydata import synthetic, toy_features
 from trainer.significance import paired_lift
+from trainer.sweep import ArmConfig
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +139,39 @@ def test_search_seeds_search_the_grid_on_the_first_seed_then_train_the_winner_on
     assert n[f"model.fusion={best}"] == 2 and sorted(n.values()) == [1, 2]
     assert sorted(result["arms"]["fused"]["test"]) == ["0", "1"]
     assert "first 1 seed(s) wins" in (root / "search" / "results.md").read_text()
+
+    # a configuration added to a finished search (`points`) trains alone: the finished trials are kept
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (root / "search" / "trials").glob("*/*/trial.json")}
+    spec["arms"]["fused"]["points"] = [{"model.fusion": "concat", "model.feature_scaling": "l2"}]
+    (root / "search.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_job.main([str(root / "search.yaml")]) == 0
+    more = json.loads(capsys.readouterr().out)
+    result = json.loads((root / "search" / "results.json").read_text())
+    added = "model.fusion=concat, model.feature_scaling=l2"
+    wins = result["arms"]["fused"]["winner"] == added
+    assert more["ran"] == 1 + wins  # the point on seed 0, and on seed 1 only if it won
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in (root / "search" / "trials").glob("*/*/trial.json")}
+    assert {k: kept[k] for k in stamps} == stamps and len(kept) == len(stamps) + 1 + wins
+    assert added in {c["label"] for c in result["arms"]["fused"]["configurations"]}
+
+
+def test_arm_points_are_configurations_beside_the_grid():
+    arm = ArmConfig(
+        set={"distill.enabled": False},
+        grid={"model.fusion": ["sum", "gate"]},
+        points=[{"model.fusion": "gate", "modalities.0.features": "other.zarr"}],
+    )
+    assert arm.configurations() == [
+        {"model.fusion": "sum"},
+        {"model.fusion": "gate"},
+        {"model.fusion": "gate", "modalities.0.features": "other.zarr"},
+    ]
+    assert ArmConfig(points=[{"model.fusion": "sum"}]).configurations() == [{"model.fusion": "sum"}]
+    assert ArmConfig().configurations() == [{}]
+    with pytest.raises(ValueError, match="both fixed and searched: distill.enabled"):
+        ArmConfig(set={"distill.enabled": False}, points=[{"distill.enabled": True}])
+    with pytest.raises(ValueError, match="listed twice"):
+        ArmConfig(grid={"model.fusion": ["sum", "gate"]}, points=[{"model.fusion": "sum"}])
 
 
 def test_sweep_refuses_an_unknown_key_before_running(sweep_setup, capsys):

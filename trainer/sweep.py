@@ -1,10 +1,12 @@
 """`kdsr sweep`: many trainings of one recipe on Ray Tune, each arm's configuration chosen on validation only,
 its test read once.
 
-A sweep names a base train config, arms (ID only, fused, distilled, ...) each with fixed keys and a grid, and
-seeds. Every (arm, grid point, seed) is one trial: one training through the same recipe as `kdsr train`, in
-`out_dir/trials/<arm>/<config>-seed<s>`. Trials run as Ray Tune trials on the embedded local Ray by default
-(`trial_cpus` cores and torch threads each, as many at once as the cores allow) or on a cluster (`ray.address`).
+A sweep names a base train config, arms (ID only, fused, distilled, ...) each with fixed keys, a grid and single
+configurations (`points`), and seeds. Every (arm, configuration, seed) is one trial: one training through the
+same recipe as `kdsr train`, in `out_dir/trials/<arm>/<config>-seed<s>`. Trials run as Ray Tune trials on the
+embedded local Ray by default (`trial_cpus` cores and torch threads each, as many at once as the cores allow) or
+on a cluster (`ray.address`). A configuration is named by its own keys and values, so a point added to a
+finished search trains alone.
 A finished trial leaves `trial.json` and is skipped on a re-run; an interrupted one resumes from its checkpoint.
 ASHA (`asha.enabled`) may stop weak trials early; they count with the validation score they reached.
 
@@ -52,21 +54,38 @@ PATH_KEYS = ("dataset", "out_dir")  # train keys that are paths (plus modalities
 
 
 class ArmConfig(Config):
-    """One arm: train keys fixed for it (`set`) and a grid (every combination of the listed values is one
-    configuration). Keys are dotted train config keys, e.g. `model.fusion` or `distill.enabled`."""
+    """One arm: train keys fixed for it (`set`), a grid (every combination of the listed values is one
+    configuration) and single configurations (`points`) searched beside the grid. Keys are dotted train config
+    keys, e.g. `model.fusion` or `distill.enabled`."""
 
     set: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
+    # More configurations, each a mapping of keys to values: a variant added to a finished search keeps the
+    # grid's trials (a configuration is named by its own keys and values only).
+    points: list[dict[str, Any]] = []
 
     @model_validator(mode="after")
     def _check(self) -> ArmConfig:
         empty = [k for k, v in self.grid.items() if not v]
         if empty:
             raise ValueError(f"grid keys without values: {', '.join(empty)}")
-        both = sorted(self.set.keys() & self.grid.keys())
+        searched = set(self.grid).union(*self.points)
+        both = sorted(self.set.keys() & searched)
         if both:
             raise ValueError(f"keys both fixed and searched: {', '.join(both)}")
+        configs = self.configurations()
+        repeated = [c for i, c in enumerate(configs) if c in configs[:i]]
+        if repeated:
+            raise ValueError(f"a configuration is listed twice: {repeated[0]}")
         return self
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """The grid's combinations, then the points. No grid: the points alone, or one empty configuration."""
+        names = list(self.grid)
+        grid = [dict(zip(names, values)) for values in itertools.product(*(self.grid[k] for k in names))]
+        if self.points and not self.grid:
+            return [dict(p) for p in self.points]
+        return grid + [dict(p) for p in self.points]
 
 
 class AshaConfig(Config):
@@ -172,9 +191,7 @@ def plan_trials(cfg: SweepConfig, source: str = "<sweep>") -> list[Trial]:
     out_root = Path(cfg.out_dir).expanduser().resolve() / "trials"
     trials = []
     for arm, spec in cfg.arms.items():
-        names = list(spec.grid)
-        for values in itertools.product(*(spec.grid[k] for k in names)):
-            params = dict(zip(names, values))
+        for params in spec.configurations():
             key = f"{arm}/{_sha(params)}"
             for seed in cfg.seeds:
                 raw = json.loads(json.dumps(base))
