@@ -76,6 +76,17 @@ class Fusion(nn.Module):
         return (a * s).sum(1)  # (R, D)
 
 
+def loss_heads(heads: dict, distill, n_codes: dict[str, int], width) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """(holistic, code) loss heads of the distilled modalities, on a table of `width(modality)` dims."""
+    holistic = {
+        m: HolisticLoss(width(m), distill.proj_dim, distill.tau, distill.holistic, distill.holistic_mean)
+        for m, h in heads.items()
+        if h.holistic
+    }
+    code = {m: CodeLoss(width(m), n_codes[m]) for m, h in heads.items() if h.code}
+    return nn.ModuleDict(holistic), nn.ModuleDict(code)
+
+
 class Student(nn.Module):
     """Everything trainable. forward(batch) -> unweighted loss terms {"rec", "hol/<m>", "code/<m>"} (plus
     "hol/id<-<m>", "code/id<-<m>" on the ID embeddings under distill.onto_id).
@@ -113,30 +124,10 @@ class Student(nn.Module):
         self.modality_tables = nn.ParameterDict({m: nn.Parameter(x.float().clone()) for m, x in features.items()})
         self.fusion = Fusion(cfg.fusion, cfg.hidden, [x.shape[1] for x in features.values()]) if features else None
         heads, n_codes = heads or {}, n_codes or {}
-        self.holistic_heads = nn.ModuleDict(
-            {
-                m: HolisticLoss(
-                    features[m].shape[1], distill.proj_dim, distill.tau, distill.holistic, distill.holistic_mean
-                )
-                for m, h in heads.items()
-                if h.holistic
-            }
-        )
-        self.code_heads = nn.ModuleDict(
-            {m: CodeLoss(features[m].shape[1], n_codes[m]) for m, h in heads.items() if h.code}
-        )
+        self.holistic_heads, self.code_heads = loss_heads(heads, distill, n_codes, lambda m: features[m].shape[1])
         # distill.onto_id: heads of the same terms on the ID embeddings, one per distilled modality
-        onto_id = bool(distill is not None and distill.onto_id)
-        self.id_holistic_heads = nn.ModuleDict(
-            {
-                m: HolisticLoss(cfg.hidden, distill.proj_dim, distill.tau, distill.holistic, distill.holistic_mean)
-                for m, h in heads.items()
-                if h.holistic and onto_id
-            }
-        )
-        self.id_code_heads = nn.ModuleDict(
-            {m: CodeLoss(cfg.hidden, n_codes[m]) for m, h in heads.items() if h.code and onto_id}
-        )
+        onto_id = heads if distill is not None and distill.onto_id else {}
+        self.id_holistic_heads, self.id_code_heads = loss_heads(onto_id, distill, n_codes, lambda m: cfg.hidden)
 
     def modality_parameters(self) -> list[nn.Parameter]:
         """The V^m tables: the slow parameter group of the asynchronous step."""
