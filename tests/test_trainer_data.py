@@ -80,6 +80,7 @@ def test_training_with_per_item_cases_labels_the_released_protocol(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["counts"]["users"] == 30
     assert m["counts"]["eval_cases"] == {"valid": n_valid, "test": n_test}
+    assert "eval_users" not in m["counts"]  # cases are not users here
     assert m["counts"]["eval_rows_gathered"] == {"valid": n_valid, "test": n_test}
     assert m["counts"]["eval_users_skipped"] == {"valid": 0, "test": 0}
     assert "the released KDSR protocol" in m["protocol"]["ranking"]

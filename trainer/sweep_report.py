@@ -38,6 +38,7 @@ def results_markdown(cfg, result: dict, trials: list) -> str:
     epochs = sorted({TrainConfig.model_validate(t.config).epochs for t in trials})
     patience = sorted({TrainConfig.model_validate(t.config).patience for t in trials})
     base = result["baseline"]
+    unit = "case" if first.eval.cases == "per_item" else "user"  # per_item: one case per test item, not per user
     done, expected = result["trials_done"].split(" of ")
     lines = [
         f"# Sweep: {result['sweep']}",
@@ -57,8 +58,8 @@ def results_markdown(cfg, result: dict, trials: list) -> str:
             else "seeds wins"
         )
         + ". Test is read once, for the winners only.",
-        f"- Lifts: each winner vs the `{base}` arm's winner on test, paired by seed and user (per-user difference "
-        "averaged over seeds); paired t-test and a bootstrap 95% interval over users.",
+        f"- Lifts: each winner vs the `{base}` arm's winner on test, paired by seed and {unit} (per-{unit} "
+        f"difference averaged over seeds); paired t-test and a bootstrap 95% interval over {unit}s.",
         f"- Evaluation: {protocol}.",
         "",
         "## Winners on validation, and their test",

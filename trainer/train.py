@@ -288,9 +288,10 @@ class TrainRecipe:
                 cases, batch_size=self.cfg.eval.batch_size, collate_fn=partial(eval_collate, extra=int(not causal))
             )
             self.eval_loaders[split] = self.accelerator.prepare(dl)
-            # per case (= per user unless eval.cases is per_item); skipped: users without the split, empty histories
-            self.counts.setdefault("eval_users", {})[split] = len(cases)
+            # cases, which are users unless eval.cases is per_item; skipped: users without the split, empty histories
             self.counts.setdefault("eval_cases", {})[split] = len(cases)
+            if self.cfg.eval.cases != "per_item":
+                self.counts.setdefault("eval_users", {})[split] = len(cases)
             self.counts.setdefault("eval_users_skipped", {})[split] = skipped
 
     def _sample_users(self, split: str, hist: list, rel: list) -> tuple[list, list]:
