@@ -84,6 +84,10 @@ def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys
     # what the winners' V^m kept of the stored features: arms with features only, cosines and r in [-1, 1]
     assert sorted(result["retention"]) == ["distilled", "fused"]
     assert all(-1 <= v <= 1 for a in result["retention"].values() for v in a["text"])
+    # and the next-item kNN NDCG@10 of the stored and the trained table: the same stored figure in both arms
+    knn = {arm: a["text"][2:] for arm, a in result["retention"].items()}
+    assert all(len(v) == 2 and 0 <= min(v) and max(v) <= 1 for v in knn.values())
+    assert knn["fused"][0] == knn["distilled"][0] > 0
     # every pair of winners, in arm order: the same numbers as the lifts where the pair is against the baseline
     pairs = {(p["arm"], p["vs"]): p for p in result["pairwise"]}
     assert sorted(pairs) == [("distilled", "fused"), ("distilled", "id"), ("fused", "id")]

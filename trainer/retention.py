@@ -87,11 +87,13 @@ def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 
 
 def run_knn(run_dir: str | Path, split: str = "valid", read=None) -> dict[str, float]:
     """{"stored <m>", "trained <m>": next-item kNN NDCG@10} for a finished run's modality tables, before and
-    after training; {} without modalities. `read`: trained_tables(run_dir), when the caller has it already."""
+    after training, on the run's own evaluation cases (eval.cases); {} without modalities. `read`:
+    trained_tables(run_dir), when the caller has it already."""
     ds, tables = trained_tables(run_dir) if read is None else read
     if not tables:
         return {}
-    hist, rel, _ = UserSequences.from_dataset(ds).eval_cases(split)
+    per_item = load_config(TrainConfig, Path(run_dir) / "config.yaml").eval.cases == "per_item"
+    hist, rel, _ = UserSequences.from_dataset(ds).eval_cases(split, per_item)
     out = {}
     for m, (start, trained) in tables.items():
         out[f"stored {m}"] = next_item_knn(start, hist, rel)

@@ -458,15 +458,22 @@ def pairwise(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> list[dict]
 
 def retention(arms: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
     """What each winner's trained V^m kept of the stored features, on its first seed: {arm: {modality: [row
-    cosine, pair-cosine r]}} (trainer/retention.py); arms without modalities are left out."""
-    from trainer.retention import run_retention
+    cosine, pair-cosine r, next-item kNN NDCG@10 of the stored table, of the trained table]}}, the kNN on
+    validation (trainer/retention.py); arms without modalities are left out."""
+    from trainer.retention import run_knn, run_retention, trained_tables
 
     out = {}
     for arm, a in arms.items():
         if a["winner"] and a["winner"]["trials"]:
-            kept = run_retention(min(a["winner"]["trials"], key=lambda t: t.seed).out)
-            if kept:
-                out[arm] = {m: [round(row, 4), round(pair, 4)] for m, (row, pair) in kept.items()}
+            run = min(a["winner"]["trials"], key=lambda t: t.seed).out
+            read = trained_tables(run)
+            if not read[1]:
+                continue
+            kept, knn = run_retention(run, read[1]), run_knn(run, "valid", read)
+            out[arm] = {
+                m: [round(v, 4) for v in (row, pair, knn[f"stored {m}"], knn[f"trained {m}"])]
+                for m, (row, pair) in kept.items()
+            }
     return out
 
 
