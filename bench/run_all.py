@@ -44,6 +44,10 @@ BENCHES = {
     "quality": ("quality.md", None),  # kdsr sweep configs/sweep/beauty-arms.yaml: hours on 2 cores, run alone
     # kdsr sweep configs/sweep/scientific-arms.yaml report=bench/results/quality-scientific.md (~20 min)
     "quality-scientific": ("quality-scientific.md", None),
+    # kdsr sweep configs/sweep/beauty-variants.yaml: beauty-arms plus variants, reusing its trials
+    "quality-variants": ("quality-variants.md", None),
+    # the released protocol (ratio split, one case per test item): two kdsr train runs, by hand (the file says how)
+    "quality-ratio": ("quality-ratio.md", None),
     # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
     "quality-8epochs": ("quality-8epochs.md", None),  # the 8-epoch study of 2026-11-26 (and Scientific-mm)
     "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled
