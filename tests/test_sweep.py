@@ -204,3 +204,41 @@ def test_paired_lift_finds_a_real_difference_and_not_a_null_one():
     assert null.t_p_value > 0.01 and null.ci_low < 0 < null.ci_high
     with pytest.raises(ValueError, match="not evaluated on the same users"):
         paired_lift([base[0][:10]], [base[0]])
+
+
+def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
+    """Ctrl-C during a sweep: Tune stops its trials and returns; a trial cut short is not a result (it is
+    reported as interrupted and resumes on a re-run), so it never enters selection."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = sweep_setup
+    spec = yaml.safe_load((root / "sweep.yaml").read_text())
+    spec |= {"out_dir": str(root / "interrupted"), "arms": {"id": {}}, "seeds": [0], "set": {"epochs": 400}}
+    spec["set"]["patience"] = 400  # trains until interrupted
+    (root / "interrupted.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.sweep", str(root / "interrupted.yaml")],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = root / "interrupted" / "trials" / "id"
+    deadline = time.time() + 300
+    while not list(metrics.glob("*/metrics.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert list(metrics.glob("*/metrics.json")), "the trial never finished an epoch"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "interrupted before it finished" in err and "Traceback" not in err
+    assert not list(metrics.glob("*/trial.json"))  # not done: a re-run resumes it
+    assert json.loads((root / "interrupted" / "results.json").read_text())["trials_done"] == "0 of 1"

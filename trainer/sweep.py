@@ -281,8 +281,10 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
     write_json_atomic(t.out / TRIAL_FILE, trial_record(t, "finished", time.time() - start))
 
 
-def progress_callback(total: int):
-    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders)."""
+def progress_callback(total: int, completed: set[str]):
+    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders)
+    and adds the completed trials' names to `completed`: finished, or stopped by the scheduler. A trial cut
+    short by an interrupted run (Ctrl-C, a killed driver) never completes."""
     from ray.tune import Callback
 
     class LogProgress(Callback):
@@ -293,6 +295,7 @@ def progress_callback(total: int):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
+            completed.add(trial.config["trial"])
             log.info("sweep: %s done (%d of %d)", trial.config["trial"], self.done, total)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -303,7 +306,8 @@ def progress_callback(total: int):
 
 
 def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
-    """Run `todo` as Ray Tune trials; trials ASHA stopped get their trial.json here. Returns the failed trials."""
+    """Run `todo` as Ray Tune trials; trials ASHA stopped get their trial.json here. Returns the trials that failed
+    or were interrupted (neither is recorded as done)."""
     from ray import tune
 
     from feature_store.encode import init_ray
@@ -314,6 +318,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
 
         threads = max(1, int(cfg.trial_cpus))
         by_name = {t.name: t for t in todo}
+        completed: set[str] = set()
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, trials=by_name, threads=threads),
             {"cpu": cfg.trial_cpus, "gpu": cfg.trial_gpus},
@@ -339,7 +344,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
                 storage_path=str(Path(cfg.out_dir).resolve()),
                 verbose=0,
                 log_to_file=True,
-                callbacks=[progress_callback(len(todo))],
+                callbacks=[progress_callback(len(todo), completed)],
             ),
         )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout carries the stage's summary only
@@ -352,10 +357,14 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
         t = by_name[result.config["trial"]]
         if (t.out / TRIAL_FILE).exists():
             continue
-        if result.error is None and (t.out / "metrics.json").exists():  # stopped by ASHA between epochs
+        if result.error is not None:
+            failed.append(f"{t.name}: {str(result.error).strip().splitlines()[-1]}")
+        elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
+            failed.append(f"{t.name}: interrupted before it finished (a re-run resumes it from its last epoch)")
+        elif (t.out / "metrics.json").exists():  # stopped by ASHA between epochs
             write_json_atomic(t.out / TRIAL_FILE, trial_record(t, "stopped", 0.0))
         else:
-            failed.append(f"{t.name}: {str(result.error).strip().splitlines()[-1] if result.error else 'no result'}")
+            failed.append(f"{t.name}: stopped before its first epoch ended")
     return failed
 
 
