@@ -16,7 +16,9 @@ first k seeds only and its winner then trains on the remaining seeds (a cheaper 
 one chosen on the search seeds). ASHA compares every running trial, across arms too: use it within one arm's
 search, not for a study whose arms differ in strength by design. Only the winners' checkpoints are then
 evaluated on test, once (kept in `out_dir/test/`), and every arm's winner is set against the baseline arm's,
-paired by seed and user (`trainer/significance.py`). Results: `out_dir/results.md` and `results.json` (and
+paired by seed and user, or by case under `eval.cases: per_item` (`trainer/significance.py`). A point added to
+a finished search re-opens it: if the point wins, the test of the arm's former winner has been read as well
+(its report says which configurations were tested). Results: `out_dir/results.md` and `results.json` (and
 `report`, when set).
 """
 
@@ -80,11 +82,10 @@ class ArmConfig(Config):
         return self
 
     def configurations(self) -> list[dict[str, Any]]:
-        """The grid's combinations, then the points. No grid: the points alone, or one empty configuration."""
+        """The grid's combinations (one empty configuration, the arm's `set` alone, without a grid), then the
+        points."""
         names = list(self.grid)
         grid = [dict(zip(names, values)) for values in itertools.product(*(self.grid[k] for k in names))]
-        if self.points and not self.grid:
-            return [dict(p) for p in self.points]
         return grid + [dict(p) for p in self.points]
 
 
@@ -111,7 +112,8 @@ class SweepConfig(Config):
     ray: RayConfig = RayConfig()
     test: bool = True  # evaluate each arm's winner on test (once); false: validation only
     # false: train nothing; select, test and report what is done so far (a study's state while it runs). An
-    # arm's winner is tested only once its search is complete, so test never sees a configuration that loses.
+    # arm's winner is tested only once its search is complete, so test never sees a configuration that loses
+    # that search (a point added later re-opens it).
     train: bool = True
     bootstrap: int = Field(2000, ge=100)  # bootstrap resamples of the paired lifts
     report: str | None = None  # also write the results table here (e.g. bench/results/quality.md)
@@ -136,10 +138,10 @@ class SweepConfig(Config):
 @dataclass
 class Trial:
     arm: str
-    params: dict[str, Any]  # the grid point
+    params: dict[str, Any]  # the configuration's searched keys (a grid combination or a point)
     seed: int
     config: dict  # the trial's full train config (validated, paths absolute)
-    key: str = ""  # the configuration (arm + grid point), shared by its seeds
+    key: str = ""  # the configuration (arm + hash of params), shared by its seeds
     config_sha: str = ""  # of `config`: a finished trial of another config under this name is refused
     result: dict = field(default_factory=dict)  # trial.json once done
 

@@ -93,7 +93,7 @@ def results_markdown(cfg, result: dict, trials: list) -> str:
     if len(result.get("pairwise", [])) > len(result["lifts"]):  # pairs beyond those against the baseline
         lines += [
             "",
-            "Every pair of winners on test, paired by seed and user:",
+            f"Every pair of winners on test, paired by seed and {unit}:",
             "",
             "| arm | vs | NDCG@10 | p (paired t) | 95% CI | HR@10 | p (paired t) |",
             "|---|---|---|---|---|---|---|",
