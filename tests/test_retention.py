@@ -40,6 +40,9 @@ def test_next_item_knn_scores_a_table_by_its_nearest_neighbours():
     angle = torch.arange(6, dtype=torch.float) * (torch.pi / 3.5)
     table = torch.cat([torch.zeros(1, 2), torch.stack([angle.cos(), angle.sin()], 1)])
     assert next_item_knn(table, [[1, 2], [2, 3], [4, 5]], [[3], [4], [6]]) == pytest.approx(1.0)
+    # scored in blocks of one user (7 scores per user): the same mean
+    assert next_item_knn(table, [[1, 2], [2, 3], [4, 5]], [[3], [4], [6]], max_scores=7) == pytest.approx(1.0)
+    assert next_item_knn(table, [[1, 2], [4, 5], [2, 3]], [[2], [6], [4]], max_scores=7) == pytest.approx(2 / 3)
     assert next_item_knn(table, [[1, 2]], [[2]]) == 0.0  # a target in the history is excluded: a miss
 
 

@@ -12,6 +12,7 @@ next-item signal a table holds by itself: rank every item by cosine to the user'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,14 +40,23 @@ def table_retention(
     return float((x * v).sum(1).mean()), float(torch.corrcoef(pairs)[0, 1])
 
 
-def trained_tables(run_dir: str | Path) -> tuple[PreparedDataset, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """A finished run's dataset and, per modality, (stored features, trained V) with row 0 = padding, both
-    (N + 1, d); (dataset, {}) without modalities. One read serves both measures below."""
+@dataclass
+class TrainedRun:
+    """What a finished run's measures read, once: its config, dataset and, per modality, (stored features,
+    trained V) with row 0 = padding, both (N + 1, d); tables is {} without modalities."""
+
+    config: TrainConfig
+    dataset: PreparedDataset
+    tables: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def trained_tables(run_dir: str | Path) -> TrainedRun:
+    """Read a finished run's selected checkpoint and the feature stores it started from."""
     run_dir = Path(run_dir)
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
     ds = open_dataset(cfg.dataset)
     if not cfg.modalities:
-        return ds, {}
+        return TrainedRun(cfg, ds, {})
     check_run_inputs(run_dir, cfg, ds, skip="retrain, or restore the run's inputs")  # the stores it compares with
     best = run_dir / "best" / "model.safetensors"
     if not best.exists():
@@ -57,21 +67,22 @@ def trained_tables(run_dir: str | Path) -> tuple[PreparedDataset, dict[str, tupl
     for m in cfg.modalities:
         start = ModalitySource.open(m.name, m.features, ids).table
         tables[m.name] = (start, trained[m.name][: len(start)])
-    return ds, tables
+    return TrainedRun(cfg, ds, tables)
 
 
-def run_retention(run_dir: str | Path, tables: dict | None = None) -> dict[str, tuple[float, float]]:
-    """{modality: (row cosine, pair-cosine r)} of a finished run's selected checkpoint; {} without modalities.
-    `tables`: trained_tables(run_dir)[1], when the caller has read them already."""
-    tables = trained_tables(run_dir)[1] if tables is None else tables
-    return {m: table_retention(start[1:], trained[1:]) for m, (start, trained) in tables.items()}  # row 0 is padding
+def run_retention(run: TrainedRun) -> dict[str, tuple[float, float]]:
+    """{modality: (row cosine, pair-cosine r)} of a finished run (padding row 0 left out); {} without
+    modalities."""
+    return {m: table_retention(start[1:], trained[1:]) for m, (start, trained) in run.tables.items()}
 
 
 @torch.no_grad()
-def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, batch: int = 1024) -> float:
+def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, max_scores: int = 2**25) -> float:
     """NDCG@k of ranking all items by cos(table[last history item], table[j]), history items excluded (the
     last item is its own nearest neighbour). table (N + 1, d) with row 0 = padding; histories / targets:
-    per-user id arrays, the first target counts (leave-one-out). Content-less (zero) rows score 0."""
+    per-user id arrays, the first target counts (leave-one-out). Content-less (zero) rows score 0. Users are
+    scored in blocks of at most `max_scores` scores (128 MiB of float32), whatever the catalog size."""
+    batch = max(1, max_scores // len(table))
     t = F.normalize(table.float(), dim=1)
     t[0] = 0.0
     total = 0.0
@@ -85,17 +96,15 @@ def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 
     return total / len(histories)
 
 
-def run_knn(run_dir: str | Path, split: str = "valid", read=None) -> dict[str, float]:
+def run_knn(run: TrainedRun, split: str = "valid") -> dict[str, float]:
     """{"stored <m>", "trained <m>": next-item kNN NDCG@10} for a finished run's modality tables, before and
-    after training, on the run's own evaluation cases (eval.cases); {} without modalities. `read`:
-    trained_tables(run_dir), when the caller has it already."""
-    ds, tables = trained_tables(run_dir) if read is None else read
-    if not tables:
+    after training, on the run's own evaluation cases (eval.cases); {} without modalities."""
+    if not run.tables:
         return {}
-    per_item = load_config(TrainConfig, Path(run_dir) / "config.yaml").eval.cases == "per_item"
-    hist, rel, _ = UserSequences.from_dataset(ds).eval_cases(split, per_item)
+    per_item = run.config.eval.cases == "per_item"
+    hist, rel, _ = UserSequences.from_dataset(run.dataset).eval_cases(split, per_item)
     out = {}
-    for m, (start, trained) in tables.items():
+    for m, (start, trained) in run.tables.items():
         out[f"stored {m}"] = next_item_knn(start, hist, rel)
         out[f"trained {m}"] = next_item_knn(trained, hist, rel)
     return out

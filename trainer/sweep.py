@@ -455,13 +455,15 @@ def lifts(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> dict[str, dic
     return {arm: lift for arm, lift in out.items() if lift}
 
 
-def pairwise(cfg: SweepConfig, tested: dict[str, dict[int, dict]]) -> list[dict]:
-    """Every later arm's winner against every earlier one's (e.g. distilled vs fused), as `lifts` pairs them."""
+def pairwise(cfg: SweepConfig, tested: dict[str, dict[int, dict]], known: dict[str, dict]) -> list[dict]:
+    """Every later arm's winner against every earlier one's (e.g. distilled vs fused), as `lifts` pairs them;
+    `known`: lifts(cfg, tested), reused for the pairs with the baseline."""
     arms = [a for a in cfg.arms if a in tested]
     out = []
     for i, arm in enumerate(arms):
         for other in arms[:i]:
-            lift = _paired(cfg, tested[arm], tested[other])
+            reuse = other == cfg.baseline_arm and arm in known
+            lift = known[arm] if reuse else _paired(cfg, tested[arm], tested[other])
             if lift:
                 out.append({"arm": arm, "vs": other, **lift})
     return out
@@ -478,9 +480,9 @@ def retention(arms: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
         if a["winner"] and a["winner"]["trials"]:
             run = min(a["winner"]["trials"], key=lambda t: t.seed).out
             read = trained_tables(run)
-            if not read[1]:
+            if not read.tables:
                 continue
-            kept, knn = run_retention(run, read[1]), run_knn(run, "valid", read)
+            kept, knn = run_retention(read), run_knn(read, "valid")
             out[arm] = {
                 m: [round(v, 4) for v in (row, pair, knn[f"stored {m}"], knn[f"trained {m}"])]
                 for m, (row, pair) in kept.items()
@@ -517,6 +519,7 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     # a complete sweep: the search, plus each searched arm's winner on every later seed
     expected = len(search) + len({(t.arm, t.seed) for t in waiting})
     done = sum(bool(t.result) for t in trials)
+    vs_baseline = lifts(cfg, tested)
     result = {
         "sweep": source,
         "base": cfg.base,
@@ -535,8 +538,8 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
             }
             for arm, a in arms.items()
         },
-        "lifts": lifts(cfg, tested),
-        "pairwise": pairwise(cfg, tested),
+        "lifts": vs_baseline,
+        "pairwise": pairwise(cfg, tested, vs_baseline),
         "retention": retention(arms),
     }
     out = Path(cfg.out_dir)
