@@ -3,6 +3,7 @@ selects each arm's configuration on validation, reads test once for the winners 
 re-run, and refuses an unknown key before anything runs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,6 +105,17 @@ def test_sweep_runs_selects_on_validation_tests_winners_once(sweep_setup, capsys
     again = json.loads(capsys.readouterr().out)
     assert again["ran"] == 0 and again["winners"] == summary["winners"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()} == stamps
+
+    # a winner trained again under the same name (its trial.json newer than its kept test) is tested again
+    name = sorted(stamps)[0]  # <arm>-<key>-seed<n>.npz
+    trial = out / "trials" / name.removesuffix(".npz").replace("-", "/", 1) / "trial.json"
+    earlier = trial.stat().st_mtime - 10
+    os.utime(out / "test" / name, (earlier, earlier))
+    assert sweep_job.main([str(root / "sweep.yaml"), "train=false"]) == 0
+    capsys.readouterr()
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "test").iterdir()}
+    assert [k for k in stamps if now[k] != stamps[k]] == [name] and now[name] > trial.stat().st_mtime_ns
+    assert json.loads((out / "results.json").read_text())["arms"] == result["arms"]  # the same checkpoint, same test
 
     # a finished trial of an older trainer version (another config hash, the same config read today) still counts
     record = next((out / "trials").glob("fused/*-seed0/trial.json"))

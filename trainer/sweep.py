@@ -396,7 +396,8 @@ def select(cfg: SweepConfig, trials: list[Trial], chosen: dict[str, str] | None 
 
 def test_winners(cfg: SweepConfig, arms: dict[str, dict]) -> dict[str, dict[int, dict]]:
     """Each winner's trials evaluated on test once: {arm: {seed: {"metrics": ..., "users": path}}}. A winner's
-    test result is kept in out_dir/test/ and reused while that configuration stays the winner."""
+    test result is kept in out_dir/test/ and reused while that configuration stays the winner and its trial is
+    not trained again (a trial.json newer than the kept result: retrained under the same name)."""
     from accelerate.state import AcceleratorState
 
     from trainer.evaluate import evaluate_config
@@ -410,7 +411,7 @@ def test_winners(cfg: SweepConfig, arms: dict[str, dict]) -> dict[str, dict[int,
             continue
         for t in info["winner"]["trials"]:
             path = root / f"{t.name.replace('/', '-')}.npz"
-            if not path.exists():
+            if not path.exists() or path.stat().st_mtime < (t.out / TRIAL_FILE).stat().st_mtime:
                 log.info("sweep: reading test once for %s (%s)", t.name, t.label)
                 AcceleratorState._reset_state(True)
                 recipe = TrainRecipe(evaluate_config(t.out, ["progress=false"]))
