@@ -258,3 +258,29 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
     assert last.startswith("kdsr sweep: error:") and "interrupted before it finished" in last
     assert not list(metrics.glob("*/trial.json"))  # not done: a re-run resumes it
     assert json.loads((root / "interrupted" / "results.json").read_text())["trials_done"] == "0 of 1"
+
+
+def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached(sweep_setup, capsys):
+    """ASHA on: one trial at a time, the learning one first, so the one that cannot learn (lr 1e-7: it stays at
+    its initial weights) trails at the first rung, is stopped there and recorded as stopped by ASHA."""
+    root = sweep_setup
+    spec = yaml.safe_load((root / "sweep.yaml").read_text())
+    spec |= {
+        "out_dir": str(root / "asha"),
+        "arms": {"id": {"grid": {"optim.lr": [0.01, 1e-7]}}},
+        "seeds": [0],
+        "set": {"epochs": 4, "patience": 4},
+        "max_concurrent": 1,
+        "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
+    }
+    (root / "asha.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_job.main([str(root / "asha.yaml")]) == 0
+    capsys.readouterr()
+    result = json.loads((root / "asha" / "results.json").read_text())
+    by_lr = {t["params"]["optim.lr"]: t for t in result["trials"]}
+    good, stuck = by_lr[0.01], by_lr[1e-7]
+    assert (good["status"], good["stop"], good["epochs"]) == ("finished", "cap", 4)
+    assert (stuck["status"], stuck["stop"]) == ("stopped", "asha") and stuck["epochs"] < 4
+    assert stuck["valid"]["ndcg@10"] < good["valid"]["ndcg@10"]
+    assert result["arms"]["id"]["winner"] == "optim.lr=0.01" and result["trials_done"] == "2 of 2"
+    assert "| asha |" in (root / "asha" / "results.md").read_text()

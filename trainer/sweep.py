@@ -239,20 +239,25 @@ def _trained_as_planned(t: Trial) -> bool:
     return saved == t.config
 
 
-def trial_record(t: Trial, status: str, seconds: float) -> dict:
-    """trial.json from the trial's metrics.json: what selection and the results table need."""
+def trial_record(t: Trial, seconds: float) -> dict:
+    """trial.json from the trial's metrics.json: what selection and the results table need. Why it stopped is
+    read from its history: early stopping, the epoch cap, or else the scheduler (a trial that reaches its cap or
+    its patience at the epoch ASHA ends it was not cut short)."""
     m = json.loads((t.out / "metrics.json").read_text())
     history = m["valid_history"]
     best = next((h for h in history if h["epoch"] == m["selected_epoch"]), {})
     cfg = TrainConfig.model_validate(t.config)
-    stop = "patience" if len(history) and m["selected_epoch"] <= history[-1]["epoch"] - cfg.patience else "cap"
+    if len(history) and m["selected_epoch"] <= history[-1]["epoch"] - cfg.patience:
+        stop = "patience"
+    else:
+        stop = "cap" if len(history) >= cfg.epochs else "asha"
     return {
         "arm": t.arm,
         "params": t.params,
         "seed": t.seed,
         "config_sha": t.config_sha,
-        "status": status,
-        "stop": "asha" if status == "stopped" else stop,
+        "status": "stopped" if stop == "asha" else "finished",
+        "stop": stop,
         "epochs": len(history),
         "selected_epoch": m["selected_epoch"],
         "valid": {k: v for k, v in best.items() if "@" in k},
@@ -280,7 +285,7 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
     recipe.setup()
     recipe.train()
     recipe.cleanup()
-    write_json_atomic(t.out / TRIAL_FILE, trial_record(t, "finished", time.time() - start))
+    write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
 
 
 def progress_callback(total: int, completed: set[str]):
@@ -364,7 +369,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
             failed.append(f"{t.name}: interrupted before it finished (a re-run resumes it from its last epoch)")
         elif (t.out / "metrics.json").exists():  # stopped by ASHA between epochs
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, "stopped", 0.0))
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, (result.metrics or {}).get("time_total_s", 0.0)))
         else:
             failed.append(f"{t.name}: stopped before its first epoch ended")
     return failed
