@@ -231,7 +231,9 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
 
     root = sweep_setup
     spec = yaml.safe_load((root / "sweep.yaml").read_text())
-    spec |= {"out_dir": str(root / "interrupted"), "arms": {"id": {}}, "seeds": [0], "set": {"epochs": 400}}
+    # a quick arm (1 epoch) completes its search; the id arm trains until interrupted
+    arms = {"quick": {"set": {"epochs": 1}}, "id": {}}
+    spec |= {"out_dir": str(root / "interrupted"), "arms": arms, "seeds": [0], "set": {"epochs": 400}}
     spec["set"]["patience"] = 400  # trains until interrupted
     (root / "interrupted.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     repo = Path(__file__).resolve().parent.parent
@@ -248,7 +250,12 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
         )
         metrics = root / "interrupted" / "trials" / "id"
         deadline = time.time() + 300
-        while not list(metrics.glob("*/metrics.json")) and time.time() < deadline and proc.poll() is None:
+        quick = root / "interrupted" / "trials" / "quick"
+
+        def started() -> bool:
+            return bool(list(metrics.glob("*/metrics.json")) and list(quick.glob("*/trial.json")))
+
+        while not started() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
         assert list(metrics.glob("*/metrics.json")), "the trial never finished an epoch"
         proc.send_signal(signal.SIGINT)
@@ -257,7 +264,10 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
     last = log.read_text().strip().splitlines()[-1]  # the stage's one-line error
     assert last.startswith("kdsr sweep: error:") and "interrupted before it finished" in last
     assert not list(metrics.glob("*/trial.json"))  # not done: a re-run resumes it
-    assert json.loads((root / "interrupted" / "results.json").read_text())["trials_done"] == "0 of 1"
+    result = json.loads((root / "interrupted" / "results.json").read_text())
+    assert result["trials_done"] == "1 of 2" and result["arms"]["quick"]["winner"] == "-"
+    # the state is reported, but no test is read for the complete arm: that waits for a run not interrupted
+    assert result["arms"]["quick"]["test"] == {} and not (root / "interrupted" / "test").exists()
 
 
 def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached(sweep_setup, capsys):

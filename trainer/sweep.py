@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 METRIC = "ndcg@10"  # selection metric, on validation: the trainer's early-stopping metric
 SUMMARY_KEYS = ("key", "label", "valid_mean", "valid_sd", "n")  # of a configuration, in results.json
 TRIAL_FILE = "trial.json"  # written last by a trial: its presence marks it done
+INTERRUPTED = "interrupted before it finished (a re-run resumes it from its last epoch)"
 PATH_KEYS = ("dataset", "out_dir")  # train keys that are paths (plus modalities.*.features)
 
 
@@ -367,7 +368,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
         if result.error is not None:
             failed.append(f"{t.name}: {str(result.error).strip().splitlines()[-1]}")
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
-            failed.append(f"{t.name}: interrupted before it finished (a re-run resumes it from its last epoch)")
+            failed.append(f"{t.name}: {INTERRUPTED}")
         elif (t.out / "metrics.json").exists():  # stopped by ASHA between epochs
             write_json_atomic(t.out / TRIAL_FILE, trial_record(t, (result.metrics or {}).get("time_total_s", 0.0)))
         else:
@@ -521,7 +522,12 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
             ran += len(todo)
     trials = search + (confirm if chosen else [])
     arms = select(cfg, trials, chosen)
-    tested = test_winners(cfg, {a: v for a, v in arms.items() if a in searched}) if cfg.test else {}
+    # Ctrl-C: report the state and stop; test and the retention table wait for a run that is not interrupted
+    interrupted = any(f.endswith(INTERRUPTED) for f in failed)
+    if interrupted:
+        log.warning("sweep: interrupted: the winners' test and retention are left for a re-run")
+    ready = {a: v for a, v in arms.items() if a in searched}
+    tested = test_winners(cfg, ready) if cfg.test and not interrupted else {}
     # a complete sweep: the search, plus each searched arm's winner on every later seed
     expected = len(search) + len({(t.arm, t.seed) for t in waiting})
     done = sum(bool(t.result) for t in trials)
@@ -546,7 +552,7 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
         },
         "lifts": vs_baseline,
         "pairwise": pairwise(cfg, tested, vs_baseline),
-        "retention": retention(arms),
+        "retention": {} if interrupted else retention(arms),
     }
     out = Path(cfg.out_dir)
     write_json_atomic(out / "results.json", result)
