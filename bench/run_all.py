@@ -48,6 +48,10 @@ BENCHES = {
     "quality-variants": ("quality-variants.md", None),
     # the released protocol (ratio split, one case per test item): two kdsr train runs, by hand (the file says how)
     "quality-ratio": ("quality-ratio.md", None),
+    # kdsr sweep configs/sweep/amazon-books-arms.yaml (Books, the configuration Beauty chose; ~1 h per trial here)
+    "quality-books": ("quality-books.md", None),
+    # kdsr sweep configs/sweep/beauty-encoders.yaml (MiniLM vs MPNet on Beauty; the MiniLM trials reused)
+    "quality-encoders": ("quality-encoders.md", None),
     # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
     "quality-8epochs": ("quality-8epochs.md", None),  # the 8-epoch study of 2026-11-26 (and Scientific-mm)
     "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled

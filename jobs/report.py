@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from kdsr.dataset import PreparedDataset  # noqa: E402
 from kdsr.files import write_json_atomic, write_text_atomic  # noqa: E402
-from trainer.retention import run_retention, trained_tables  # noqa: E402
+from trainer.retention import read_run, run_retention  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def comparison_rows(runs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
                 "epochs": len(hist),
                 "sec_per_epoch": sum(secs) / len(secs) if secs else None,
                 "ranking": (m.get("protocol") or {}).get("ranking"),
-                "retention": run_retention(trained_tables(run_dir)) if (Path(run_dir) / "best").exists() else {},
+                "retention": run_retention(read_run(run_dir)) if (Path(run_dir) / "best").exists() else {},
             }
         )
     return rows

@@ -5,7 +5,8 @@ validation only, its test read once, lifts with paired tests.
     kdsr sweep configs/sweep/beauty-arms.yaml ray.address=auto          # trials on a running Ray cluster
     kdsr sweep configs/sweep/beauty-arms.yaml seeds=[0,1,2] asha.enabled=true
 
-Re-running skips finished trials and resumes interrupted ones from their checkpoints.
+Re-running skips finished trials and resumes interrupted ones from their checkpoints. Ctrl-C stops the trials
+and writes the state so far (no test is read); `train=false` reports a running study's state.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_an_empty_catalog_is_refused_by_prepare_and_by_encode(tmp_path, capsys):
 
 def test_evaluate_and_retention_refuse_inputs_rebuilt_since_training(toy_run, rebuilt_run, capsys):
     from trainer.features import RunError
-    from trainer.retention import trained_tables
+    from trainer.retention import read_run
 
     run = rebuilt_run
     assert kdsr(["evaluate", str(run)]) == 1
@@ -78,5 +78,5 @@ def test_evaluate_and_retention_refuse_inputs_rebuilt_since_training(toy_run, re
     assert "inputs differ from those the run was trained on" in err and "dataset.stats_sha256" in err
     assert not (run / "evaluate.json").exists()
     with pytest.raises(RunError, match="dataset.stats_sha256"):
-        trained_tables(run)
+        read_run(run)
     assert kdsr(["evaluate", str(toy_run)]) == 0  # the unchanged run evaluates

@@ -50,7 +50,7 @@ class TrainedRun:
     tables: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def trained_tables(run_dir: str | Path) -> TrainedRun:
+def read_run(run_dir: str | Path) -> TrainedRun:
     """Read a finished run's selected checkpoint and the feature stores it started from."""
     run_dir = Path(run_dir)
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
@@ -80,8 +80,9 @@ def run_retention(run: TrainedRun) -> dict[str, tuple[float, float]]:
 def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 10, max_scores: int = 2**25) -> float:
     """NDCG@k of ranking all items by cos(table[last history item], table[j]), history items excluded (the
     last item is its own nearest neighbour). table (N + 1, d) with row 0 = padding; histories / targets:
-    per-user id arrays, the first target counts (leave-one-out). Content-less (zero) rows score 0. Users are
-    scored in blocks of at most `max_scores` scores (128 MiB of float32), whatever the catalog size."""
+    id arrays, one per evaluation case, the first target counts (leave-one-out). Content-less (zero) rows score 0.
+    Cases are scored in blocks of about `max_scores` scores (128 MiB of float32; at least one case per block),
+    whatever the catalog size."""
     batch = max(1, max_scores // len(table))
     t = F.normalize(table.float(), dim=1)
     t[0] = 0.0

@@ -7,18 +7,20 @@ same recipe as `kdsr train`, in `out_dir/trials/<arm>/<config>-seed<s>`. Trials 
 embedded local Ray by default (`trial_cpus` cores and torch threads each, as many at once as the cores allow) or
 on a cluster (`ray.address`). A configuration is named by its own keys and values, so a point added to a
 finished search trains alone.
-A finished trial leaves `trial.json` and is skipped on a re-run; an interrupted one resumes from its checkpoint.
-ASHA (`asha.enabled`) may stop weak trials early; they count with the validation score they reached.
+A finished trial leaves `trial.json` and is skipped on a re-run; an interrupted one resumes from its checkpoint,
+and an interrupted run (Ctrl-C) reports its state without reading any test. ASHA (`asha.enabled`) may stop weak
+trials early; they count with the validation score they reached.
 
 Selection: per arm, the configuration with the best mean over seeds of the trials' selected-epoch validation
 NDCG@10 (the trainer's own early-stopping metric). With `search_seeds: k`, an arm's grid is searched on the
 first k seeds only and its winner then trains on the remaining seeds (a cheaper search; the winner stays the
 one chosen on the search seeds). ASHA compares every running trial, across arms too: use it within one arm's
-search, not for a study whose arms differ in strength by design. Only the winners' checkpoints are then
-evaluated on test, once (kept in `out_dir/test/`), and every arm's winner is set against the baseline arm's,
-paired by seed and user, or by case under `eval.cases: per_item` (`trainer/significance.py`). A point added to
-a finished search re-opens it: if the point wins, the test of the arm's former winner has been read as well
-(its report says which configurations were tested). Results: `out_dir/results.md` and `results.json` (and
+search, not for a study whose arms differ in strength by design. Only the winners' checkpoints are then evaluated on
+test, once (kept in `out_dir/test/`; read again if the trial is retrained, i.e. its trial.json is newer: a copy of
+out_dir that does not keep timestamps reads it again, to the same numbers), and every arm's winner is set against
+the baseline arm's, paired by seed and user, or by case under `eval.cases: per_item` (`trainer/significance.py`). A
+point added to a finished search re-opens it: if the point wins, the test of the arm's former winner has been read
+as well (its report says which configurations were tested). Results: `out_dir/results.md` and `results.json` (and
 `report`, when set).
 """
 
@@ -240,10 +242,10 @@ def _trained_as_planned(t: Trial) -> bool:
     return saved == t.config
 
 
-def trial_record(t: Trial, seconds: float) -> dict:
+def trial_record(t: Trial, seconds: float, by_scheduler: bool = False) -> dict:
     """trial.json from the trial's metrics.json: what selection and the results table need. Why it stopped is
-    read from its history: early stopping, the epoch cap, or else the scheduler (a trial that reaches its cap or
-    its patience at the epoch ASHA ends it was not cut short)."""
+    read from its history: early stopping, the epoch cap, or else (`by_scheduler`) ASHA; a trial that reaches
+    its cap or its patience at the report where ASHA ends it was not cut short."""
     m = json.loads((t.out / "metrics.json").read_text())
     history = m["valid_history"]
     best = next((h for h in history if h["epoch"] == m["selected_epoch"]), {})
@@ -251,7 +253,7 @@ def trial_record(t: Trial, seconds: float) -> dict:
     if len(history) and m["selected_epoch"] <= history[-1]["epoch"] - cfg.patience:
         stop = "patience"
     else:
-        stop = "cap" if len(history) >= cfg.epochs else "asha"
+        stop = "asha" if by_scheduler and len(history) < cfg.epochs else "cap"
     return {
         "arm": t.arm,
         "params": t.params,
@@ -284,9 +286,10 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
     recipe = TrainRecipe(TrainConfig.model_validate(t.config))
     recipe.on_epoch_end = lambda row: tune.report({METRIC: row[METRIC], "epoch": row["epoch"] + 1})
     recipe.setup()
-    recipe.train()
+    done = recipe.train()  # False: stopped by the KDSR_TEST_STOP_AFTER test hook, as if killed: not done
     recipe.cleanup()
-    write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
+    if done:
+        write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
 
 
 def progress_callback(total: int, completed: set[str]):
@@ -314,8 +317,8 @@ def progress_callback(total: int, completed: set[str]):
 
 
 def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
-    """Run `todo` as Ray Tune trials; trials ASHA stopped get their trial.json here. Returns the trials that failed
-    or were interrupted (neither is recorded as done)."""
+    """Run `todo` as Ray Tune trials; trials the scheduler (ASHA) ended get their trial.json here. Returns the
+    trials that failed or were interrupted (neither is recorded as done)."""
     from ray import tune
 
     from feature_store.encode import init_ray
@@ -369,8 +372,9 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
             failed.append(f"{t.name}: {str(result.error).strip().splitlines()[-1]}")
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
             failed.append(f"{t.name}: {INTERRUPTED}")
-        elif (t.out / "metrics.json").exists():  # stopped by ASHA between epochs
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, (result.metrics or {}).get("time_total_s", 0.0)))
+        elif (t.out / "metrics.json").exists():  # ended by ASHA after an epoch (cut short, or at its cap)
+            seconds = (result.metrics or {}).get("time_total_s", 0.0)
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, seconds, by_scheduler=True))
         else:
             failed.append(f"{t.name}: stopped before its first epoch ended")
     return failed
@@ -480,13 +484,13 @@ def retention(arms: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
     """What each winner's trained V^m kept of the stored features, on its first seed: {arm: {modality: [row
     cosine, pair-cosine r, next-item kNN NDCG@10 of the stored table, of the trained table]}}, the kNN on
     validation (trainer/retention.py); arms without modalities are left out."""
-    from trainer.retention import run_knn, run_retention, trained_tables
+    from trainer.retention import read_run, run_knn, run_retention
 
     out = {}
     for arm, a in arms.items():
         if a["winner"] and a["winner"]["trials"]:
             run = min(a["winner"]["trials"], key=lambda t: t.seed).out
-            read = trained_tables(run)
+            read = read_run(run)
             if not read.tables:
                 continue
             kept, knn = run_retention(read), run_knn(read, "valid")
