@@ -231,9 +231,11 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
 
     root = sweep_setup
     spec = yaml.safe_load((root / "sweep.yaml").read_text())
-    # a quick arm (1 epoch) completes its search; the id arm trains until interrupted
-    arms = {"quick": {"set": {"epochs": 1}}, "id": {}}
+    # one trial at a time: a quick arm (1 epoch) completes its search, the id arm trains until interrupted and
+    # the last arm's trial is still pending then (Tune has no result for it, not even its config)
+    arms = {"quick": {"set": {"epochs": 1}}, "id": {}, "pending": {"set": {"model.dropout": 0.1}}}
     spec |= {"out_dir": str(root / "interrupted"), "arms": arms, "seeds": [0], "set": {"epochs": 400}}
+    spec["max_concurrent"] = 1
     spec["set"]["patience"] = 400  # trains until interrupted
     (root / "interrupted.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     repo = Path(__file__).resolve().parent.parent
@@ -262,10 +264,12 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
         proc.wait(timeout=300)
     assert proc.returncode == 1
     last = log.read_text().strip().splitlines()[-1]  # the stage's one-line error
-    assert last.startswith("kdsr sweep: error:") and "interrupted before it finished" in last
+    assert last.startswith("kdsr sweep: error:") and "Traceback" not in log.read_text()
+    assert "2 trials failed" in last and "id/" in last and "pending/" in last
+    assert last.count("interrupted before it finished") == 2
     assert not list(metrics.glob("*/trial.json"))  # not done: a re-run resumes it
     result = json.loads((root / "interrupted" / "results.json").read_text())
-    assert result["trials_done"] == "1 of 2" and result["arms"]["quick"]["winner"] == "-"
+    assert result["trials_done"] == "1 of 3" and result["arms"]["quick"]["winner"] == "-"
     # the state is reported, but no test is read for the complete arm: that waits for a run not interrupted
     assert result["arms"]["quick"]["test"] == {} and not (root / "interrupted" / "test").exists()
 

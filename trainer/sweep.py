@@ -292,10 +292,11 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
         write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
 
 
-def progress_callback(total: int, completed: set[str]):
+def progress_callback(total: int, completed: set[str], errored: dict[str, str]):
     """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders)
-    and adds the completed trials' names to `completed`: finished, or stopped by the scheduler. A trial cut
-    short by an interrupted run (Ctrl-C, a killed driver) never completes."""
+    and adds the completed trials' names to `completed`: finished, or stopped by the scheduler (a trial cut
+    short by an interrupted run, Ctrl-C or a killed driver, never completes), and the failed ones' to
+    `errored`, with where their log is."""
     from ray.tune import Callback
 
     class LogProgress(Callback):
@@ -311,6 +312,7 @@ def progress_callback(total: int, completed: set[str]):
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
+            errored[trial.config["trial"]] = str(trial.local_path)
             log.warning("sweep: %s failed; its log: %s", trial.config["trial"], trial.local_path)
 
     return LogProgress()
@@ -330,6 +332,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
         threads = max(1, int(cfg.trial_cpus))
         by_name = {t.name: t for t in todo}
         completed: set[str] = set()
+        errored: dict[str, str] = {}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, trials=by_name, threads=threads),
             {"cpu": cfg.trial_cpus, "gpu": cfg.trial_gpus},
@@ -355,7 +358,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
                 storage_path=str(Path(cfg.out_dir).resolve()),
                 verbose=0,
                 log_to_file=True,
-                callbacks=[progress_callback(len(todo), completed)],
+                callbacks=[progress_callback(len(todo), completed, errored)],
             ),
         )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout carries the stage's summary only
@@ -363,18 +366,25 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
     finally:
         if started:
             ray.shutdown()
-    failed = []
+    # A trial that reported nothing (pending, or cut short in its first epoch) has no config in its result:
+    # go by the planned trials, with what the results say of errors and time
+    errors, seconds = {}, {}
     for result in grid:
-        t = by_name[result.config["trial"]]
+        if result.config:
+            name = result.config["trial"]
+            seconds[name] = (result.metrics or {}).get("time_total_s", 0.0)
+            if result.error is not None:
+                errors[name] = str(result.error).strip().splitlines()[-1]
+    failed = []
+    for t in todo:
         if (t.out / TRIAL_FILE).exists():
             continue
-        if result.error is not None:
-            failed.append(f"{t.name}: {str(result.error).strip().splitlines()[-1]}")
+        if t.name in errors or t.name in errored:
+            failed.append(f"{t.name}: {errors.get(t.name) or 'failed; its log: ' + errored[t.name]}")
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
             failed.append(f"{t.name}: {INTERRUPTED}")
         elif (t.out / "metrics.json").exists():  # ended by ASHA after an epoch (cut short, or at its cap)
-            seconds = (result.metrics or {}).get("time_total_s", 0.0)
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, seconds, by_scheduler=True))
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, seconds.get(t.name, 0.0), by_scheduler=True))
         else:
             failed.append(f"{t.name}: stopped before its first epoch ended")
     return failed
