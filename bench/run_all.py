@@ -52,6 +52,8 @@ BENCHES = {
     "quality-books": ("quality-books.md", None),
     # kdsr sweep configs/sweep/beauty-encoders.yaml (MiniLM vs MPNet on Beauty; the MiniLM trials reused)
     "quality-encoders": ("quality-encoders.md", None),
+    # kdsr sweep configs/sweep/ml-1m-arms.yaml (ML-1M, the configuration Beauty chose; about 2 min per epoch here)
+    "quality-ml-1m": ("quality-ml-1m.md", None),
     # earlier studies (bench/run_quality.py, replaced by `kdsr sweep`; configs/sweep/ holds the studies now)
     "quality-8epochs": ("quality-8epochs.md", None),  # the 8-epoch study of 2026-11-26 (and Scientific-mm)
     "quality-long": ("quality-long.md", None),  # longer budget, fused vs distilled

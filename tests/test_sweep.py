@@ -298,3 +298,29 @@ def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached
     assert stuck["valid"]["ndcg@10"] < good["valid"]["ndcg@10"]
     assert result["arms"]["id"]["winner"] == "optim.lr=0.01" and result["trials_done"] == "2 of 2"
     assert "| asha |" in (root / "asha" / "results.md").read_text()
+
+
+def test_every_shipped_sweep_config_plans_its_trials(monkeypatch):
+    """Each configs/sweep/*.yaml loads and every trial's train config validates (plan_trials raises on a key
+    that is not a train key); studies that share an out_dir name the same configuration the same way."""
+    from pathlib import Path
+
+    from kdsr.config import load_config
+    from trainer.sweep import SweepConfig, plan_trials
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    names: dict[tuple[str, str], dict] = {}  # (out_dir, trial name) -> its config, across studies
+    paths = sorted((repo / "configs" / "sweep").glob("*.yaml"))
+    assert len(paths) >= 6
+    for p in paths:
+        cfg = load_config(SweepConfig, p)
+        trials = plan_trials(cfg, str(p))
+        assert {t.arm for t in trials} == set(cfg.arms) and p.read_text().startswith(
+            f"# kdsr sweep configs/sweep/{p.name}"
+        )
+        for t in trials:
+            assert names.setdefault((cfg.out_dir, t.name), t.config) == t.config, f"{p.name}: {t.name}"
+    # the encoder study reuses the larger Beauty search's ID and MiniLM trials
+    shared = {name for out, name in names if out == "runs/sweep/beauty-arms"}
+    assert "fused/a065780e0c-seed2" in shared and "mpnet-fused/44136fa355-seed0" in shared
