@@ -4,6 +4,7 @@ re-run, and refuses an unknown key before anything runs."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,6 +275,30 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
     assert result["arms"]["quick"]["test"] == {} and not (root / "interrupted" / "test").exists()
 
 
+def test_a_failing_trial_is_named_with_its_error_and_the_others_still_report(sweep_setup, capsys):
+    """A trial that raises (its features store is missing) fails alone: the sweep names it with the error's
+    own message and where its log is, exits 1, and still selects and reports the arm that trained."""
+    root = sweep_setup
+    spec = yaml.safe_load((root / "sweep.yaml").read_text())
+    missing = root / "no-such-store.zarr"
+    spec |= {
+        "out_dir": str(root / "failing"),
+        "arms": {"id": {}, "broken": {"set": {"modalities": [{"name": "text", "features": str(missing)}]}}},
+        "seeds": [0],
+        "set": {"epochs": 1},
+    }
+    (root / "failing.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_job.main([str(root / "failing.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("kdsr sweep: error: 1 trials failed") and "broken/" in err
+    assert str(missing) in err and "interrupted" not in err
+    trial_log = Path(err.rsplit("(its log: ", 1)[1].rstrip(")"))
+    assert trial_log.is_relative_to(root / "failing") and str(missing) in (trial_log / "error.txt").read_text()
+    result = json.loads((root / "failing" / "results.json").read_text())
+    assert result["trials_done"] == "1 of 2" and len(result["failed"]) == 1
+    assert result["arms"]["id"]["winner"] == "-" and sorted(result["arms"]["id"]["test"]) == ["0"]
+
+
 def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached(sweep_setup, capsys):
     """ASHA on: one trial at a time, the learning one first, so the one that cannot learn (lr 1e-7: it stays at
     its initial weights) trails at the first rung, is stopped there and recorded as stopped by ASHA."""
@@ -295,6 +320,7 @@ def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached
     good, stuck = by_lr[0.01], by_lr[1e-7]
     assert (good["status"], good["stop"], good["epochs"]) == ("finished", "cap", 4)
     assert (stuck["status"], stuck["stop"]) == ("stopped", "asha") and stuck["epochs"] < 4
+    assert stuck["seconds"] > 0  # its training time, from Tune's last result: the trial did not write its record
     assert stuck["valid"]["ndcg@10"] < good["valid"]["ndcg@10"]
     assert result["arms"]["id"]["winner"] == "optim.lr=0.01" and result["trials_done"] == "2 of 2"
     assert "| asha |" in (root / "asha" / "results.md").read_text()

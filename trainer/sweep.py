@@ -292,11 +292,11 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
         write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
 
 
-def progress_callback(total: int, completed: set[str], errored: dict[str, str]):
-    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders)
-    and adds the completed trials' names to `completed`: finished, or stopped by the scheduler (a trial cut
-    short by an interrupted run, Ctrl-C or a killed driver, never completes), and the failed ones' to
-    `errored`, with where their log is."""
+def progress_callback(total: int, completed: dict[str, float], errored: dict[str, str]):
+    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders),
+    records the completed trials in `completed` (name -> seconds trained): finished, or stopped by the scheduler
+    (a trial cut short by an interrupted run, Ctrl-C or a killed driver, never completes), and the failed ones in
+    `errored` (name -> the error's last line and where the trial's log is)."""
     from ray.tune import Callback
 
     class LogProgress(Callback):
@@ -307,18 +307,36 @@ def progress_callback(total: int, completed: set[str], errored: dict[str, str]):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            completed.add(trial.config["trial"])
+            completed[trial.config["trial"]] = float((trial.last_result or {}).get("time_total_s", 0.0))
             log.info("sweep: %s done (%d of %d)", trial.config["trial"], self.done, total)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            errored[trial.config["trial"]] = str(trial.local_path)
-            log.warning("sweep: %s failed; its log: %s", trial.config["trial"], trial.local_path)
+            # trial.path: the trial's folder under out_dir/tune (its log and error.txt), kept after the run
+            errored[trial.config["trial"]] = f"{error_line(trial.error_file)} (its log: {trial.path})"
+            log.warning("sweep: %s failed; its log: %s", trial.config["trial"], trial.path)
 
     return LogProgress()
 
 
-def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
+def error_line(error_file: str | None) -> str:
+    """The last line of a failed trial's error file, which Tune writes before it calls back: the exception and
+    its message."""
+    text = Path(error_file).read_text() if error_file and Path(error_file).exists() else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed"
+
+
+@dataclass
+class TuneOutcome:
+    """What a Tune run left undone: each failed or unfinished trial with why, and whether the run was
+    interrupted (Ctrl-C, a killed driver): then some trial neither completed nor failed."""
+
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
     """Run `todo` as Ray Tune trials; trials the scheduler (ASHA) ended get their trial.json here. Returns the
     trials that failed or were interrupted (neither is recorded as done)."""
     from ray import tune
@@ -331,7 +349,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
 
         threads = max(1, int(cfg.trial_cpus))
         by_name = {t.name: t for t in todo}
-        completed: set[str] = set()
+        completed: dict[str, float] = {}
         errored: dict[str, str] = {}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, trials=by_name, threads=threads),
@@ -362,32 +380,25 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> list[str]:
             ),
         )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout carries the stage's summary only
-            grid = tuner.fit()
+            tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    # A trial that reported nothing (pending, or cut short in its first epoch) has no config in its result:
-    # go by the planned trials, with what the results say of errors and time
-    errors, seconds = {}, {}
-    for result in grid:
-        if result.config:
-            name = result.config["trial"]
-            seconds[name] = (result.metrics or {}).get("time_total_s", 0.0)
-            if result.error is not None:
-                errors[name] = str(result.error).strip().splitlines()[-1]
-    failed = []
+    # Go by the planned trials: one that reported nothing (pending, or cut short) is in neither record
+    outcome = TuneOutcome()
     for t in todo:
         if (t.out / TRIAL_FILE).exists():
             continue
-        if t.name in errors or t.name in errored:
-            failed.append(f"{t.name}: {errors.get(t.name) or 'failed; its log: ' + errored[t.name]}")
+        if t.name in errored:
+            outcome.failed.append(f"{t.name}: {errored[t.name]}")
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
-            failed.append(f"{t.name}: {INTERRUPTED}")
+            outcome.failed.append(f"{t.name}: {INTERRUPTED}")
+            outcome.interrupted = True
         elif (t.out / "metrics.json").exists():  # ended by ASHA after an epoch (cut short, or at its cap)
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, seconds.get(t.name, 0.0), by_scheduler=True))
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, completed[t.name], by_scheduler=True))
         else:
-            failed.append(f"{t.name}: stopped before its first epoch ended")
-    return failed
+            outcome.failed.append(f"{t.name}: stopped before its first epoch ended")
+    return outcome
 
 
 def select(cfg: SweepConfig, trials: list[Trial], chosen: dict[str, str] | None = None) -> dict[str, dict]:
@@ -518,26 +529,26 @@ def run_sweep(cfg: SweepConfig, source: str = "<sweep>") -> dict:
     confirm = waiting
     todo = load_done(search)
     log.info("sweep: %d trials, %d done, %d to run -> %s", len(search), len(search) - len(todo), len(todo), cfg.out_dir)
-    ran, failed = 0, []
+    ran, outcome = 0, TuneOutcome()
     if todo and cfg.train:
-        failed = run_on_tune(cfg, todo)
+        outcome = run_on_tune(cfg, todo)
         load_done(todo)
         ran = len(todo)
     searched = {arm for arm in cfg.arms if all(t.result for t in search if t.arm == arm)}
     chosen = None
-    if confirm and not failed and searched == set(cfg.arms):  # winners chosen: train them on the other seeds
+    if confirm and not outcome.failed and searched == set(cfg.arms):  # winners chosen: train them on the other seeds
         chosen = {arm: a["winner"]["key"] for arm, a in select(cfg, search).items() if a["winner"]}
         confirm = [t for t in confirm if chosen.get(t.arm) == t.key]
         todo = load_done(confirm)
         log.info("sweep: the winners on the remaining seeds: %d trials, %d to run", len(confirm), len(todo))
         if todo and cfg.train:
-            failed = run_on_tune(cfg, todo)
+            outcome = run_on_tune(cfg, todo)
             load_done(todo)
             ran += len(todo)
     trials = search + (confirm if chosen else [])
     arms = select(cfg, trials, chosen)
     # Ctrl-C: report the state and stop; test and the retention table wait for a run that is not interrupted
-    interrupted = any(f.endswith(INTERRUPTED) for f in failed)
+    failed, interrupted = outcome.failed, outcome.interrupted
     if interrupted:
         log.warning("sweep: interrupted: the winners' test and retention are left for a re-run")
     ready = {a: v for a, v in arms.items() if a in searched}
