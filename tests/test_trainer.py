@@ -384,3 +384,22 @@ def test_distillation_variants_onto_id_and_fading_weights(tmp_path, toy):
         load_config(TrainConfig, cfg).distill,
     )
     assert not model.id_holistic_heads and not model.id_code_heads
+
+
+def test_knn_of_the_tables_reads_the_cases_the_run_was_measured_on(tmp_path, toy, monkeypatch):
+    """eval.sample_users: the next-item kNN of a run's modality tables (its report's retention) scores the same
+    sampled cases as the run's own metrics, not every user (at 1M users that would not finish)."""
+    from trainer import retention
+    from trainer.evaluate import evaluate_config
+
+    cfg = write_cfg(tmp_path, toy, epochs=1)
+    assert run(cfg, "eval.sample_users=20") == 0
+    recipe = recipe_module.TrainRecipe(evaluate_config(tmp_path / "run", []))
+    recipe.setup(write_config=False)
+    measured = recipe.eval_loaders["valid"].dataset.histories
+    assert len(measured) == 20
+    scored = []
+    monkeypatch.setattr(retention, "next_item_knn", lambda table, hist, rel: scored.append(hist) or 0.0)
+    assert set(retention.run_knn(retention.read_run(tmp_path / "run"))) == {"stored text", "trained text"}
+    assert len(scored) == 2 and all(len(h) == 20 for h in scored)
+    assert all(np.array_equal(a, b) for a, b in zip(scored[0], measured))

@@ -91,6 +91,17 @@ class UserSequences:
         return hist, rel, skipped
 
 
+def sample_cases(
+    hist: list[np.ndarray], rel: list[np.ndarray], n: int | None, seed: int, split: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """eval.sample_users: a seeded random subset of n evaluation cases, in their order (the same cases every
+    epoch, on resume, and for every measure of the run); all of them when n is None or not smaller."""
+    if not n or n >= len(hist):
+        return hist, rel
+    keep = np.sort(np.random.default_rng(seed + (split == "test")).choice(len(hist), size=n, replace=False))
+    return [hist[i] for i in keep], [rel[i] for i in keep]
+
+
 def pad_ids(rows: list[np.ndarray], length: int | None = None) -> torch.Tensor:
     """Right-pad int arrays with 0 into a (B, L) LongTensor."""
     length = length or max(1, max(len(r) for r in rows))

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from kdsr.config import load_config
 from kdsr.dataset import PreparedDataset
 from trainer.config import TrainConfig
-from trainer.data import UserSequences, open_dataset, pad_ids
+from trainer.data import UserSequences, open_dataset, pad_ids, sample_cases
 from trainer.features import ModalitySource, check_run_inputs
 from trainer.metrics import candidate_scores, ranking_metrics, target_ranks
 from trainer.student import Student
@@ -99,11 +99,13 @@ def next_item_knn(table: torch.Tensor, histories: list, targets: list, k: int = 
 
 def run_knn(run: TrainedRun, split: str = "valid") -> dict[str, float]:
     """{"stored <m>", "trained <m>": next-item kNN NDCG@10} for a finished run's modality tables, before and
-    after training, on the run's own evaluation cases (eval.cases); {} without modalities."""
+    after training, on the run's own evaluation cases (eval.cases, and eval.sample_users: the cases its metrics
+    were measured on); {} without modalities."""
     if not run.tables:
         return {}
-    per_item = run.config.eval.cases == "per_item"
-    hist, rel, _ = UserSequences.from_dataset(run.dataset).eval_cases(split, per_item)
+    cfg = run.config
+    hist, rel, _ = UserSequences.from_dataset(run.dataset).eval_cases(split, cfg.eval.cases == "per_item")
+    hist, rel = sample_cases(hist, rel, cfg.eval.sample_users, cfg.seed, split)
     out = {}
     for m, (start, trained) in run.tables.items():
         out[f"stored {m}"] = next_item_knn(start, hist, rel)

@@ -47,6 +47,7 @@ from trainer.data import (
     add_teacher_targets,
     eval_collate,
     open_dataset,
+    sample_cases,
 )
 from trainer.features import identity_diff, input_identity, open_modalities, scale_features
 from trainer.memory import check_fits
@@ -295,15 +296,12 @@ class TrainRecipe:
             self.counts.setdefault("eval_users_skipped", {})[split] = skipped
 
     def _sample_users(self, split: str, hist: list, rel: list) -> tuple[list, list]:
-        """eval.sample_users: a seeded random subset of the cases (the same cases every epoch and on resume; under
-        eval.cases per_item a user's cases are sampled independently)."""
-        n = self.cfg.eval.sample_users
-        if not n or n >= len(hist):
-            return hist, rel
-        rng = np.random.default_rng(self.cfg.seed + (split == "test"))
-        keep = np.sort(rng.choice(len(hist), size=n, replace=False))
-        self.counts.setdefault("eval_users_sampled_from", {})[split] = len(hist)
-        return [hist[i] for i in keep], [rel[i] for i in keep]
+        """eval.sample_users (`sample_cases`; under eval.cases per_item a user's cases are sampled independently),
+        counted."""
+        sampled = sample_cases(hist, rel, self.cfg.eval.sample_users, self.cfg.seed, split)
+        if len(sampled[0]) < len(hist):
+            self.counts.setdefault("eval_users_sampled_from", {})[split] = len(hist)
+        return sampled
 
     def _resume_or_start(self, write_config: bool) -> None:
         last = self.out / "checkpoints" / "last"
