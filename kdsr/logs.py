@@ -6,9 +6,11 @@ every line N times."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 FORMAT = "%(asctime)s %(name)s: %(message)s"
 
@@ -44,3 +46,23 @@ def setup_logging(level: int | str | None = None) -> None:
     for noisy in ("httpx", "urllib3", "filelock", "numcodecs", "asyncio", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root._kdsr_configured = True  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def also_to_file(path: str | Path):
+    """Every record also goes to `path` (appended: a resumed job continues its log) while the block runs, with
+    the traceback of an exception that leaves the block: a job whose stderr is not kept (a Ray Tune trial's)
+    keeps its own log beside its outputs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    except Exception:
+        logging.getLogger(__name__).exception("failed")
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -13,7 +13,7 @@ import yaml
 from jobs import sweep as sweep_job
 from toydata import synthetic, toy_features
 from trainer.significance import paired_lift
-from trainer.sweep import ArmConfig
+from trainer.sweep import INTERRUPTED, ArmConfig, error_line
 
 pytestmark = pytest.mark.slow
 
@@ -291,12 +291,26 @@ def test_a_failing_trial_is_named_with_its_error_and_the_others_still_report(swe
     assert sweep_job.main([str(root / "failing.yaml")]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("kdsr sweep: error: 1 trials failed") and "broken/" in err
-    assert str(missing) in err and "interrupted" not in err
-    trial_log = Path(err.rsplit("(its log: ", 1)[1].rstrip(")"))
-    assert trial_log.is_relative_to(root / "failing") and str(missing) in (trial_log / "error.txt").read_text()
+    assert str(missing) in err and INTERRUPTED not in err
+    trial_log = Path(err.rsplit("(its log: ", 1)[1].rstrip(")"))  # the trial's own log, beside its outputs
+    assert trial_log.parent.parent == root / "failing" / "trials" / "broken"
+    assert "Traceback" in trial_log.read_text() and str(missing) in trial_log.read_text()
     result = json.loads((root / "failing" / "results.json").read_text())
     assert result["trials_done"] == "1 of 2" and len(result["failed"]) == 1
     assert result["arms"]["id"]["winner"] == "-" and sorted(result["arms"]["id"]["test"]) == ["0"]
+
+
+def test_error_line_is_the_raised_exception_not_the_advice_after_it(tmp_path):
+    """Tune's error file ends with the exception for a Python error, but with advice for a worker killed for
+    memory: the message is the last `Type: message` line either way."""
+    raised = 'Failure # 1\nray::run_trial()\n  File "x.py", line 3, in f\nkdsr.config.ConfigError: bad key\n'
+    killed = (
+        "ray.exceptions.OutOfMemoryError: Task was killed due to low memory.\nTo adjust the kill threshold, set X.\n"
+    )
+    for text, expected in ((raised, "kdsr.config.ConfigError: bad key"), (killed, killed.splitlines()[0])):
+        (tmp_path / "error.txt").write_text(text)
+        assert error_line(str(tmp_path / "error.txt")) == expected
+    assert error_line(None) == "failed"
 
 
 def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached(sweep_setup, capsys):

@@ -394,12 +394,15 @@ def test_knn_of_the_tables_reads_the_cases_the_run_was_measured_on(tmp_path, toy
 
     cfg = write_cfg(tmp_path, toy, epochs=1)
     assert run(cfg, "eval.sample_users=20") == 0
+    AcceleratorState._reset_state(True)
     recipe = recipe_module.TrainRecipe(evaluate_config(tmp_path / "run", []))
     recipe.setup(write_config=False)
-    measured = recipe.eval_loaders["valid"].dataset.histories
-    assert len(measured) == 20
+    cases = recipe.eval_loaders["valid"].dataset
+    recipe.cleanup()
+    assert len(cases) == 20
     scored = []
-    monkeypatch.setattr(retention, "next_item_knn", lambda table, hist, rel: scored.append(hist) or 0.0)
+    monkeypatch.setattr(retention, "next_item_knn", lambda table, hist, rel: scored.append((hist, rel)) or 0.0)
     assert set(retention.run_knn(retention.read_run(tmp_path / "run"))) == {"stored text", "trained text"}
-    assert len(scored) == 2 and all(len(h) == 20 for h in scored)
-    assert all(np.array_equal(a, b) for a, b in zip(scored[0], measured))
+    assert len(scored) == 2 and all(len(h) == len(r) == 20 for h, r in scored)
+    hist, rel = scored[0]
+    assert all(np.array_equal(a, b) for a, b in zip(hist + rel, cases.histories + cases.relevant))

@@ -95,7 +95,8 @@ def sample_cases(
     hist: list[np.ndarray], rel: list[np.ndarray], n: int | None, seed: int, split: str
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """eval.sample_users: a seeded random subset of n evaluation cases, in their order (the same cases every
-    epoch, on resume, and for every measure of the run); all of them when n is None or not smaller."""
+    epoch, on resume, and for every measure of the run; test draws with seed + 1); all of them when n is None or
+    not smaller."""
     if not n or n >= len(hist):
         return hist, rel
     keep = np.sort(np.random.default_rng(seed + (split == "test")).choice(len(hist), size=n, replace=False))

@@ -3,10 +3,10 @@ its test read once.
 
 A sweep names a base train config, arms (ID only, fused, distilled, ...) each with fixed keys, a grid and single
 configurations (`points`), and seeds. Every (arm, configuration, seed) is one trial: one training through the
-same recipe as `kdsr train`, in `out_dir/trials/<arm>/<config>-seed<s>`. Trials run as Ray Tune trials on the
-embedded local Ray by default (`trial_cpus` cores and torch threads each, as many at once as the cores allow) or
-on a cluster (`ray.address`). A configuration is named by its own keys and values, so a point added to a
-finished search trains alone.
+same recipe as `kdsr train`, in `out_dir/trials/<arm>/<config>-seed<s>` (with its log, trial.log). Trials run
+as Ray Tune trials on the embedded local Ray by default (`trial_cpus` cores and torch threads each, as many at
+once as the cores allow) or on a cluster (`ray.address`). A configuration is named by its own keys and values,
+so a point added to a finished search trains alone.
 A finished trial leaves `trial.json` and is skipped on a re-run; an interrupted one resumes from its checkpoint,
 and an interrupted run (Ctrl-C) reports its state without reading any test. ASHA (`asha.enabled`) may stop weak
 trials early; they count with the validation score they reached.
@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 METRIC = "ndcg@10"  # selection metric, on validation: the trainer's early-stopping metric
 SUMMARY_KEYS = ("key", "label", "valid_mean", "valid_sd", "n")  # of a configuration, in results.json
 TRIAL_FILE = "trial.json"  # written last by a trial: its presence marks it done
+TRIAL_LOG = "trial.log"  # a trial's own log, appended by each run of it, with the traceback of a failure
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^:]*:")  # a traceback's last line
 INTERRUPTED = "interrupted before it finished (a re-run resumes it from its last epoch)"
 PATH_KEYS = ("dataset", "out_dir")  # train keys that are paths (plus modalities.*.features)
 
@@ -275,28 +278,29 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
     from accelerate.state import AcceleratorState
     from ray import tune
 
-    from kdsr.logs import setup_logging
+    from kdsr.logs import also_to_file, setup_logging
     from trainer.train import TrainRecipe
 
     setup_logging()
     torch.set_num_threads(threads)
     t = trials[tune_config["trial"]]
-    AcceleratorState._reset_state(True)
-    start = time.time()
-    recipe = TrainRecipe(TrainConfig.model_validate(t.config))
-    recipe.on_epoch_end = lambda row: tune.report({METRIC: row[METRIC], "epoch": row["epoch"] + 1})
-    recipe.setup()
-    done = recipe.train()  # False: stopped by the KDSR_TEST_STOP_AFTER test hook, as if killed: not done
-    recipe.cleanup()
-    if done:
-        write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
+    with also_to_file(t.out / TRIAL_LOG):  # Tune keeps a trial's stderr only in Ray's session folder
+        AcceleratorState._reset_state(True)
+        start = time.time()
+        recipe = TrainRecipe(TrainConfig.model_validate(t.config))
+        recipe.on_epoch_end = lambda row: tune.report({METRIC: row[METRIC], "epoch": row["epoch"] + 1})
+        recipe.setup()
+        done = recipe.train()  # False: stopped by the KDSR_TEST_STOP_AFTER test hook, as if killed: not done
+        recipe.cleanup()
+        if done:
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
 
 
 def progress_callback(total: int, completed: dict[str, float], errored: dict[str, str]):
-    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders),
-    records the completed trials in `completed` (name -> seconds trained): finished, or stopped by the scheduler
-    (a trial cut short by an interrupted run, Ctrl-C or a killed driver, never completes), and the failed ones in
-    `errored` (name -> the error's last line and where the trial's log is)."""
+    """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders,
+    `TRIAL_LOG`), records the completed trials in `completed` (name -> seconds trained in this run): finished, or
+    stopped by the scheduler (a trial cut short by Ctrl-C never completes), and the failed ones in `errored`
+    (name -> the error's message, `error_line`)."""
     from ray.tune import Callback
 
     class LogProgress(Callback):
@@ -312,33 +316,35 @@ def progress_callback(total: int, completed: dict[str, float], errored: dict[str
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            # trial.path: the trial's folder under out_dir/tune (its log and error.txt), kept after the run
-            errored[trial.config["trial"]] = f"{error_line(trial.error_file)} (its log: {trial.path})"
-            log.warning("sweep: %s failed; its log: %s", trial.config["trial"], trial.path)
+            errored[trial.config["trial"]] = error_line(trial.error_file)
+            log.warning("sweep: %s failed: %s", trial.config["trial"], errored[trial.config["trial"]])
 
     return LogProgress()
 
 
 def error_line(error_file: str | None) -> str:
-    """The last line of a failed trial's error file, which Tune writes before it calls back: the exception and
-    its message."""
+    """The message of a failed trial's error, from the error file Tune writes before it calls back: the last
+    `Type: message` line of the traceback (a worker killed for memory ends with advice, not with its cause),
+    else its last line."""
     text = Path(error_file).read_text() if error_file and Path(error_file).exists() else ""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "failed"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (raised or lines or ["failed"])[-1]
 
 
 @dataclass
 class TuneOutcome:
     """What a Tune run left undone: each failed or unfinished trial with why, and whether the run was
-    interrupted (Ctrl-C, a killed driver): then some trial neither completed nor failed."""
+    interrupted (Ctrl-C: Tune stops its trials and returns): then some trial neither completed nor failed."""
 
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
 
 
 def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
-    """Run `todo` as Ray Tune trials; trials the scheduler (ASHA) ended get their trial.json here. Returns the
-    trials that failed or were interrupted (neither is recorded as done)."""
+    """Run `todo` as Ray Tune trials; trials the scheduler (ASHA) ended get their trial.json here. Returns what
+    was left undone: trials that failed, were interrupted or stopped before their first epoch (none of them is
+    recorded as done)."""
     from ray import tune
 
     from feature_store.encode import init_ray
@@ -390,7 +396,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
         if (t.out / TRIAL_FILE).exists():
             continue
         if t.name in errored:
-            outcome.failed.append(f"{t.name}: {errored[t.name]}")
+            outcome.failed.append(f"{t.name}: {errored[t.name]} (its log: {t.out / TRIAL_LOG})")
         elif t.name not in completed:  # the run was interrupted: not a result, a re-run resumes it
             outcome.failed.append(f"{t.name}: {INTERRUPTED}")
             outcome.interrupted = True
