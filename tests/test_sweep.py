@@ -13,7 +13,7 @@ import yaml
 from jobs import sweep as sweep_job
 from toydata import synthetic, toy_features
 from trainer.significance import paired_lift
-from trainer.sweep import INTERRUPTED, ArmConfig, error_line
+from trainer.sweep import INTERRUPTED, ArmConfig, Trial, error_line, trial_record
 
 pytestmark = pytest.mark.slow
 
@@ -313,6 +313,21 @@ def test_error_line_is_the_raised_exception_not_the_advice_after_it(tmp_path):
     assert error_line(None) == "failed"
 
 
+def test_a_trial_record_counts_the_time_of_every_run_of_the_trial(tmp_path):
+    """A trial paused and resumed trains in several runs: its record sums its epochs' training and validation
+    time from its history, not the time of the run that finished it."""
+    history = [
+        {"epoch": 0, "seconds": 10.0, "eval_seconds": 2.0, "ndcg@10": 0.1},
+        {"epoch": 1, "seconds": 12.0, "eval_seconds": 3.0, "ndcg@10": 0.2},  # trained after a resume
+        {"epoch": 2, "seconds": 11.0, "ndcg@10": 0.15},  # a history from before eval_seconds was recorded
+    ]
+    (tmp_path / "metrics.json").write_text(json.dumps({"valid_history": history, "selected_epoch": 1}))
+    cfg = {"dataset": str(tmp_path), "out_dir": str(tmp_path), "epochs": 3, "patience": 1}
+    record = trial_record(Trial("id", {}, 0, cfg, key="id/x"))
+    assert record["seconds"] == 38.0 and record["epoch_seconds"] == 11.0
+    assert (record["stop"], record["selected_epoch"], record["valid"]) == ("patience", 1, {"ndcg@10": 0.2})
+
+
 def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached(sweep_setup, capsys):
     """ASHA on: one trial at a time, the learning one first, so the one that cannot learn (lr 1e-7: it stays at
     its initial weights) trails at the first rung, is stopped there and recorded as stopped by ASHA."""
@@ -334,7 +349,7 @@ def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached
     good, stuck = by_lr[0.01], by_lr[1e-7]
     assert (good["status"], good["stop"], good["epochs"]) == ("finished", "cap", 4)
     assert (stuck["status"], stuck["stop"]) == ("stopped", "asha") and stuck["epochs"] < 4
-    assert stuck["seconds"] > 0  # its training time, from Tune's last result: the trial did not write its record
+    assert stuck["seconds"] > 0  # its epochs' time, from its history: the trial did not write its record
     assert stuck["valid"]["ndcg@10"] < good["valid"]["ndcg@10"]
     assert result["arms"]["id"]["winner"] == "optim.lr=0.01" and result["trials_done"] == "2 of 2"
     assert "| asha |" in (root / "asha" / "results.md").read_text()

@@ -34,7 +34,6 @@ import logging
 import re
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,10 +244,11 @@ def _trained_as_planned(t: Trial) -> bool:
     return saved == t.config
 
 
-def trial_record(t: Trial, seconds: float, by_scheduler: bool = False) -> dict:
+def trial_record(t: Trial, by_scheduler: bool = False) -> dict:
     """trial.json from the trial's metrics.json: what selection and the results table need. Why it stopped is
     read from its history: early stopping, the epoch cap, or else (`by_scheduler`) ASHA; a trial that reaches
-    its cap or its patience at the report where ASHA ends it was not cut short."""
+    its cap or its patience at the report where ASHA ends it was not cut short. Its time is that of its epochs
+    (training and validation) over every run of it, so a trial resumed after a pause counts all of them."""
     m = json.loads((t.out / "metrics.json").read_text())
     history = m["valid_history"]
     best = next((h for h in history if h["epoch"] == m["selected_epoch"]), {})
@@ -268,7 +268,7 @@ def trial_record(t: Trial, seconds: float, by_scheduler: bool = False) -> dict:
         "selected_epoch": m["selected_epoch"],
         "valid": {k: v for k, v in best.items() if "@" in k},
         "epoch_seconds": statistics.mean(h["seconds"] for h in history) if history else None,
-        "seconds": round(seconds, 1),
+        "seconds": round(sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in history), 1),
     }
 
 
@@ -286,19 +286,18 @@ def run_trial(tune_config: dict, trials: dict[str, Trial], threads: int) -> None
     t = trials[tune_config["trial"]]
     with also_to_file(t.out / TRIAL_LOG):  # Tune keeps a trial's stderr only in Ray's session folder
         AcceleratorState._reset_state(True)
-        start = time.time()
         recipe = TrainRecipe(TrainConfig.model_validate(t.config))
         recipe.on_epoch_end = lambda row: tune.report({METRIC: row[METRIC], "epoch": row["epoch"] + 1})
         recipe.setup()
         done = recipe.train()  # False: stopped by the KDSR_TEST_STOP_AFTER test hook, as if killed: not done
         recipe.cleanup()
         if done:
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, time.time() - start))
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t))
 
 
-def progress_callback(total: int, completed: dict[str, float], errored: dict[str, str]):
+def progress_callback(total: int, completed: set[str], errored: dict[str, str]):
     """A Tune callback that logs each trial's epochs and completions (the trials' own logs go to their folders,
-    `TRIAL_LOG`), records the completed trials in `completed` (name -> seconds trained in this run): finished, or
+    `TRIAL_LOG`), adds the completed trials' names to `completed`: finished, or
     stopped by the scheduler (a trial cut short by Ctrl-C never completes), and the failed ones in `errored`
     (name -> the error's message, `error_line`)."""
     from ray.tune import Callback
@@ -311,7 +310,7 @@ def progress_callback(total: int, completed: dict[str, float], errored: dict[str
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            completed[trial.config["trial"]] = float((trial.last_result or {}).get("time_total_s", 0.0))
+            completed.add(trial.config["trial"])
             log.info("sweep: %s done (%d of %d)", trial.config["trial"], self.done, total)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -355,7 +354,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
 
         threads = max(1, int(cfg.trial_cpus))
         by_name = {t.name: t for t in todo}
-        completed: dict[str, float] = {}
+        completed: set[str] = set()
         errored: dict[str, str] = {}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, trials=by_name, threads=threads),
@@ -401,7 +400,7 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
             outcome.failed.append(f"{t.name}: {INTERRUPTED}")
             outcome.interrupted = True
         elif (t.out / "metrics.json").exists():  # ended by ASHA after an epoch (cut short, or at its cap)
-            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, completed[t.name], by_scheduler=True))
+            write_json_atomic(t.out / TRIAL_FILE, trial_record(t, by_scheduler=True))
         else:
             outcome.failed.append(f"{t.name}: stopped before its first epoch ended")
     return outcome
