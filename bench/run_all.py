@@ -48,8 +48,10 @@ BENCHES = {
     "quality-variants": ("quality-variants.md", None),
     # the released protocol (ratio split, one case per test item): two kdsr train runs, by hand (the file says how)
     "quality-ratio": ("quality-ratio.md", None),
-    # kdsr sweep configs/sweep/amazon-books-arms.yaml (Books, the configuration Beauty chose; ~1 h per trial here)
+    # kdsr sweep configs/sweep/amazon-books-arms.yaml (Books, the configuration Beauty chose; ~2 h per trial here)
     "quality-books": ("quality-books.md", None),
+    # kdsr sweep configs/sweep/beauty-graph.yaml (the released graph backbone on Beauty; ~30 s per epoch here)
+    "quality-graph": ("quality-graph.md", None),
     # kdsr sweep configs/sweep/beauty-encoders.yaml (MiniLM vs MPNet on Beauty; the MiniLM trials reused)
     "quality-encoders": ("quality-encoders.md", None),
     # kdsr sweep configs/sweep/ml-1m-arms.yaml (ML-1M, the configuration Beauty chose; about 2 min per epoch here)
