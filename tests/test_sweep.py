@@ -228,7 +228,6 @@ def test_an_interrupted_sweep_records_no_unfinished_trial_as_done(sweep_setup):
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     root = sweep_setup
     spec = yaml.safe_load((root / "sweep.yaml").read_text())
@@ -358,7 +357,6 @@ def test_asha_stops_a_trailing_trial_which_then_counts_with_the_score_it_reached
 def test_every_shipped_sweep_config_plans_its_trials(monkeypatch):
     """Each configs/sweep/*.yaml loads and every trial's train config validates (plan_trials raises on a key
     that is not a train key); studies that share an out_dir name the same configuration the same way."""
-    from pathlib import Path
 
     from kdsr.config import load_config
     from trainer.sweep import SweepConfig, plan_trials
