@@ -268,7 +268,7 @@ def trial_record(t: Trial, by_scheduler: bool = False) -> dict:
         "selected_epoch": m["selected_epoch"],
         "valid": {k: v for k, v in best.items() if "@" in k},
         "epoch_seconds": statistics.mean(h["seconds"] for h in history) if history else None,
-        "seconds": round(sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in history), 1),
+        "seconds": round(sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in history), 2),
     }
 
 
