@@ -121,6 +121,43 @@ def test_bert4rec_ignores_padding():
     assert not bb.causal
 
 
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_states_at_one_position_are_the_full_forwards(name, n_layers):
+    """Evaluation reads one state per sequence (its last item, or BERT4Rec's [MASK]); the Transformers run their
+    last layer for that row only, which must give the full forward's state there, padding and all."""
+    bb = build_backbone(cfg(name, n_layers=n_layers)).eval()
+    x, pad = torch.randn(4, 8, 16), torch.zeros(4, 8, dtype=torch.bool)
+    lengths = torch.tensor([8, 5, 1, 3])
+    pad[torch.arange(8) >= lengths[:, None]] = True
+    x[pad] = 0.0
+    at = lengths - 1 if bb.causal else lengths.clamp(max=7)  # BERT4Rec: the [MASK] after the history
+    pad[torch.arange(4), at] = False
+    with torch.no_grad():
+        full, one = bb(x, pad)[torch.arange(4), at], bb.states_at(x, pad, at)
+    assert one.shape == (4, 16)
+    torch.testing.assert_close(one, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_states_at_do_not_depend_on_the_thread_count(name):
+    """A batch job's parts come from workers of any thread count and must agree to the bit (the fused attention
+    kernel, for one query row, does not: 1 ulp apart at 1 and 2 threads with these sizes)."""
+    bb = build_backbone(cfg(name, hidden=32, max_len=20)).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, lengths = torch.randn(200, 20, 32, generator=gen), torch.randint(1, 20, (200,), generator=gen)
+    pad = torch.arange(20) >= lengths[:, None]
+    at = lengths - 1 if bb.causal else lengths
+    pad[torch.arange(200), at] = False
+    states = []
+    with torch.no_grad():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            states.append(bb.states_at(x, pad, at))
+    torch.set_num_threads(1)
+    assert torch.equal(states[0], states[1])
+
+
 def test_unknown_backbone_is_refused():
     c = cfg("sasrec")
     object.__setattr__(c, "backbone", "transformerxl")

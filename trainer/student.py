@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.backbones import build_backbone, gather_at
+from trainer.backbones import build_backbone
 from trainer.losses import CodeLoss, HolisticLoss, full_softmax_ce, sampled_bce, sampled_softmax_ce
 
 TABLES = "modality_tables"  # the V^m tables' attribute, so the prefix of their keys in a saved state dict
@@ -204,7 +204,7 @@ class Student(nn.Module):
             at = lengths
         else:
             at = lengths - 1
-        return gather_at(self.encode(history), at)
+        return self.backbone.states_at(self.rows(history), history == 0, at)
 
     @torch.no_grad()
     def scores(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

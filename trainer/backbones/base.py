@@ -23,6 +23,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def states_at(self, x: torch.Tensor, pad: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """(B, D) the states at one position per sequence, at (B,): what evaluation and serving score with.
+        Backbones that can skip work for the other positions override it."""
+        return gather_at(self(x, pad), at)
+
     @staticmethod
     def score(h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores over all items: h (..., D) x items (N + 1, D) -> (..., N + 1)."""
@@ -50,6 +55,40 @@ class TransformerBackbone(Backbone):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) item representations -> (B, L, D) with positions, normalised, dropped out."""
         return self.drop(self.norm(x + self.pos.weight[: x.size(1)]))
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The transform after the last layer, per position (none here; BERT4Rec has a head)."""
+        return h
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)  # (B, L, D)
+        if self.causal:  # padding sits after the real items, so the causal mask alone keeps real positions clean
+            h = self.encoder(h, mask=causal_mask(h.size(1), h.device), is_causal=True)
+        else:
+            h = self.encoder(h, src_key_padding_mask=pad)  # padding never attended to
+        return self.output(h)  # (B, L, D)
+
+    def states_at(self, x: torch.Tensor, pad: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """The layers below the last run over every position; the last one only for the query position, as the
+        others' outputs are never read: at evaluation that is most of a layer's work (one query row of L)."""
+        h = self.embed(x)  # (B, L, D)
+        *lower, last = self.encoder.layers
+        length = h.size(1)
+        for layer in lower:
+            if self.causal:
+                h = layer(h, src_mask=causal_mask(length, h.device), is_causal=True)
+            else:
+                h = layer(h, src_key_padding_mask=pad)
+        # keys the query may not see: those after it (causal), or padding
+        hidden = torch.arange(length, device=h.device) > at[:, None] if self.causal else pad  # (B, L)
+        q = gather_at(h, at)[:, None]  # (B, 1, D)
+        # the post-norm layer of nn.TransformerEncoderLayer (norm_first=False), for one query row
+        # need_weights: the explicit (bmm, softmax) attention; the fused kernel's result for one query row
+        # varies with the thread count, so a top-K would differ between workers of 1 and 2 threads
+        a = last.self_attn(q, h, h, key_padding_mask=hidden, need_weights=True)[0]
+        q = last.norm1(q + last.dropout1(a))
+        q = last.norm2(q + last.dropout2(last.linear2(last.dropout(last.activation(last.linear1(q))))))
+        return self.output(q[:, 0])  # (B, D)
 
 
 def gather_at(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

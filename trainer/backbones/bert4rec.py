@@ -22,7 +22,5 @@ class BERT4Rec(TransformerBackbone):
         self.head = nn.Linear(cfg.hidden, cfg.hidden)  # the published output transform: dense + GELU + LayerNorm
         self.head_norm = nn.LayerNorm(cfg.hidden)
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)  # (B, L, D)
-        h = self.encoder(x, src_key_padding_mask=pad)  # (B, L, D), padding never attended to
-        return self.head_norm(F.gelu(self.head(h)))  # (B, L, D)
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head_norm(F.gelu(self.head(h)))
