@@ -48,7 +48,8 @@ def chunked_target_ranks(
     for i, start in enumerate(range(0, n_rows, chunk)):
         block = kept[i] if keep else (h @ candidates[start : start + chunk].T).float()
         mask_out(block, start, seen)
-        counts += (block.unsqueeze(1) >= s_t.unsqueeze(2)).sum(2)  # (B, T)
+        # int32 sums (a chunk has < 2^31 columns) take half the time of the default int64 ones
+        counts += (block.unsqueeze(1) >= s_t.unsqueeze(2)).sum(2, dtype=torch.int32)  # (B, T)
     ranks = counts - 1  # the target counted itself
     ranks = torch.where(excluded, torch.full_like(ranks, MISS), ranks)
     return ranks.masked_fill(targets == 0, -1)
