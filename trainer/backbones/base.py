@@ -71,8 +71,10 @@ class TransformerBackbone(Backbone):
     def states_at(self, x: torch.Tensor, pad: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """The layers below the last run over every position; the last one only for the query position, as the
         others' outputs are never read: at evaluation that is most of a layer's work (one query row of L)."""
-        h = self.embed(x)  # (B, L, D)
         *lower, last = self.encoder.layers
+        if last.norm_first or self.training:  # the one-row layer below is the post-norm one, without dropout
+            return super().states_at(x, pad, at)
+        h = self.embed(x)  # (B, L, D)
         length = h.size(1)
         for layer in lower:
             if self.causal:
@@ -86,8 +88,8 @@ class TransformerBackbone(Backbone):
         # need_weights: the explicit (bmm, softmax) attention; the fused kernel's result for one query row
         # varies with the thread count, so a top-K would differ between workers of 1 and 2 threads
         a = last.self_attn(q, h, h, key_padding_mask=hidden, need_weights=True)[0]
-        q = last.norm1(q + last.dropout1(a))
-        q = last.norm2(q + last.dropout2(last.linear2(last.dropout(last.activation(last.linear1(q))))))
+        q = last.norm1(q + a)  # (dropout is off in eval)
+        q = last.norm2(q + last.linear2(last.activation(last.linear1(q))))
         return self.output(q[:, 0])  # (B, D)
 
 
