@@ -43,7 +43,7 @@ def setup_logging(level: int | str | None = None) -> None:
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "urllib3", "filelock", "numcodecs", "asyncio", "accelerate"):
+    for noisy in ("httpx", "urllib3", "filelock", "numcodecs", "asyncio", "accelerate", "tensorboardX"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root._kdsr_configured = True  # type: ignore[attr-defined]
 

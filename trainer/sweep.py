@@ -380,7 +380,9 @@ def run_on_tune(cfg: SweepConfig, todo: list[Trial]) -> TuneOutcome:
                 name="tune",
                 storage_path=str(Path(cfg.out_dir).resolve()),
                 verbose=0,
-                log_to_file=True,
+                # False: Tune's copy of a trial's stderr stays in Ray's session folder, and the closed copy
+                # warns ~40 times when the trial ends. Each trial keeps its own log, TRIAL_LOG.
+                log_to_file=False,
                 callbacks=[progress_callback(len(todo), completed, errored)],
             ),
         )
