@@ -100,7 +100,7 @@ class TrainerState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-    loss_sums: dict[str, float] = field(default_factory=dict)  # running sums of the loss terms in `epoch`
+    loss_sums: dict[str, float] = field(default_factory=dict)  # running sums in `epoch`: loss terms, GRAD_STATS
     loss_batches: int = 0  # micro-batches summed into loss_sums
     inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
 
