@@ -13,8 +13,8 @@ from kdsr.config import Config
 
 
 class ReduceConfig(Config):
-    # pca: streamed covariance + eigh (exact PCA of the fit rows); autoencoder: the paper's one-layer AE
-    # with a sigmoid bottleneck; none: keep the input dims (copied as float32 so the trainer reads one store)
+    # pca: streamed covariance, top components by eigh (D <= 1024) or randomized SVD; autoencoder: the paper's
+    # one-layer AE with a sigmoid bottleneck; none: keep the input dims (float32, so the trainer reads one store)
     method: Literal["pca", "autoencoder", "none"] = "pca"
     dim: int = Field(128, ge=1)
     # Rows used to fit (whole chunks drawn at random, seeded); null = every valid row. A 4096 x 4096

@@ -82,7 +82,8 @@ def _blocks(
 
 
 def fit_pca(store: FeatureStore, mask: np.ndarray, cfg: ReduceConfig, seed: int) -> Reduction:
-    """Exact PCA of the fit rows: covariance accumulated block by block in float64, then eigh (D x D)."""
+    """PCA of the fit rows: covariance accumulated block by block in float64, then its top components (exact
+    eigh up to D = 1024, randomized SVD above: `_top_components`)."""
     rng = np.random.default_rng(seed)
     step, _ = block_starts(store, cfg.block_rows)
     starts = fit_blocks(store, mask, cfg, rng)
@@ -144,7 +145,7 @@ def _top_components(cov: torch.Tensor, dim: int, seed: int) -> tuple[torch.Tenso
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals, evecs = evals.flip(0)[:dim].clamp_min(0), evecs.flip(1)[:, :dim]
     else:  # a full eigh of 4096 x 4096 takes minutes on 2 cores; the top d by randomized power iteration take seconds
-        from sklearn.utils.extmath import randomized_svd  # here: the trainer's teacher imports this module
+        from sklearn.utils.extmath import randomized_svd  # imported here: only this branch needs sklearn
 
         vecs, vals, _ = randomized_svd(cov.numpy(), dim, n_oversamples=64, n_iter=8, random_state=seed)
         evals, evecs = torch.from_numpy(vals).clamp_min(0), torch.from_numpy(vecs)

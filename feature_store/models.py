@@ -160,7 +160,8 @@ def model_class(hf_config, modality: str):
 
 def load_kwargs(cfg: EncoderConfig, device: str, max_memory: dict | None) -> dict[str, Any]:
     """from_pretrained arguments for this precision / quantization / placement."""
-    kw: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    # weights_only: a checkpoint without safetensors (pytorch_model.bin) loads as tensors, never as pickled code
+    kw: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "weights_only": True}
     q = quantization_config(cfg)
     if q is not None:
         kw["quantization_config"] = q

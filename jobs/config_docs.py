@@ -52,7 +52,7 @@ def _field_comments(model: type[BaseModel]) -> dict[str, str]:
             if stripped.startswith("#"):
                 above.append(stripped.lstrip("# "))
                 continue
-            m = re.match(r"\s+(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", line)
+            m = re.match(r"\s+(\w+)\s*:[^=#]*(?:=.*?)?(?:#\s*(.*))?$", line)
             if m and not stripped.startswith(("def ", "@", "return", "class ")):
                 text = " ".join(above + ([m.group(2)] if m.group(2) else []))
                 if text:
@@ -76,11 +76,27 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         doc = (field.description or comments.get(name, "")).replace("\n", " ").replace("|", "\\|")
         if subs and (len(subs) == 1):
             doc = doc or " ".join((subs[0].__doc__ or "").split()).replace("|", "\\|")
-            rows.append(f"| `{key}` | section | | {doc} |")
-            rows.extend(_rows(subs[0], key + "."))
+            rows.append(f"| `{key}` | {_container(field.annotation)} | | {doc} |")
+            rows.extend(_rows(subs[0], key + _item_path(field.annotation)))
         else:
             rows.append(f"| `{key}` | `{_type_name(field.annotation)}` | {default} | {doc} |".replace("`|`", "|"))
     return rows
+
+
+def _container(annotation: typing.Any) -> str:
+    """How a section holds its sub-config: one, a list of them, or a mapping of names to them."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return "list of sections"
+    if origin is dict:
+        return "sections by name"
+    return "section"
+
+
+def _item_path(annotation: typing.Any) -> str:
+    """The key path from a section to its sub-keys, as an override writes it: `.`, `.0.` for a list's first
+    item, `.<name>.` for a mapping's entry."""
+    return {list: ".0.", dict: ".<name>."}.get(typing.get_origin(annotation), ".")
 
 
 def _default_repr(value: typing.Any) -> str:

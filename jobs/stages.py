@@ -79,7 +79,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "pipeline",
-            "prepare -> encode -> dissect -> train -> evaluate, cached stage by stage, with a report",
+            "prepare -> encode -> dissect -> train (several variants) -> report, cached stage by stage",
             "jobs.pipeline",
             "jobs.pipeline:PipelineConfig",
         ),

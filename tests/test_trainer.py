@@ -272,6 +272,12 @@ def test_sampled_softmax_step_updates_only_the_rows_it_used(toy):
     model = Student(40, cfg.model, {"text": torch.randn(41, 16)}, {}, {}, cfg.distill, "sampled_softmax", True)
     opts = build_optimizers(model, cfg)
     assert [type(o).__name__ for o in opts] == ["Adam", "SparseAdam"]
+    # TensorBoard's learning rates come from both: the slow modality group lives in the SparseAdam only
+    assert (
+        recipe_module.learning_rates(opts)
+        == {"lr/main": cfg.optim.lr, "lr/modality": modality_lr(cfg, 0)}
+        != recipe_module.learning_rates(opts[:1])
+    )
     before = model.id_emb.weight.detach().clone(), model.modality_tables["text"].detach().clone()
     inputs = torch.tensor([[1, 2, 3, 0]])
     batch = {

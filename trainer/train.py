@@ -105,6 +105,12 @@ class TrainerState:
     inputs: dict = field(default_factory=dict)  # input_identity() of the run: a resume refuses changed inputs
 
 
+def learning_rates(optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+    """`lr/<group name>` over every optimizer: with sparse tables the SparseAdam holds the tables' groups (the
+    same names and rates as the Adam's), so reading the first optimizer alone would miss a table-only group."""
+    return {f"lr/{g.get('name', k)}": g["lr"] for k, g in enumerate(g for o in optimizers for g in o.param_groups)}
+
+
 def recover_checkpoint(ckpt: Path) -> Path | None:
     """checkpoints/last, restored when a kill interrupted `save_checkpoint`'s swap: if `last` is missing, the
     newest complete folder (tmp, then last.old; complete = has its marker) becomes `last`. None: nothing to
@@ -488,7 +494,7 @@ class TrainRecipe:
         """After an optimizer step: TensorBoard every 20 steps, a mid-epoch checkpoint when configured."""
         st = self.state
         if st.global_step % 20 == 0:
-            lrs = {f"lr/{g.get('name', k)}": g["lr"] for k, g in enumerate(self.optimizers[0].param_groups)}
+            lrs = learning_rates(self.optimizers)
             losses = {f"loss/{k}": float(v.detach()) for k, v in terms.items()} | {"loss/total": float(loss.detach())}
             self.accelerator.log(losses | lrs, step=st.global_step)
         if self.cfg.checkpoint_every and st.global_step % self.cfg.checkpoint_every == 0:
